@@ -1,0 +1,1 @@
+"""The `d3pm` command line: thin entry points over the library."""

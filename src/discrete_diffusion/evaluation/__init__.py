@@ -1,0 +1,1 @@
+"""Likelihood bounds with standard errors, FID, Inception Score and sample timing."""

@@ -1,0 +1,1 @@
+"""Figures: sample grids, progressive strips, forward corruption and the swiss roll."""

@@ -1,0 +1,1 @@
+"""Adaptors between a model, a generative process and the trainer (see methods/base.py)."""

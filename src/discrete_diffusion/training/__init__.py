@@ -1,0 +1,1 @@
+"""Configs, the trainer, checkpoints and distributed set-up. Knows no diffusion mathematics."""

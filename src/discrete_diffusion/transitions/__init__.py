@@ -1,0 +1,5 @@
+"""Forward processes q(x_t | x_{t-1}) = Cat(x_{t-1} Q_t); see `base.Transition`."""
+
+from discrete_diffusion.transitions.base import Transition
+
+__all__ = ["Transition"]
