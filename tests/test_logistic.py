@@ -1,0 +1,92 @@
+"""The truncated discretized logistic head against brute-force CDF differences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from discrete_diffusion import logistic
+
+
+def _brute(loc: float, log_scale: float, num_classes: int, shift: float) -> torch.Tensor:
+    """Probabilities by plain float64 CDF differences, renormalised over the bins."""
+    centres = torch.linspace(-1.0, 1.0, num_classes, dtype=torch.float64)
+    half = 1.0 / (num_classes - 1)
+    inv_s = math.exp(shift - log_scale)
+    upper = torch.sigmoid(inv_s * (centres - loc + half))
+    lower = torch.sigmoid(inv_s * (centres - loc - half))
+    mass = upper - lower
+    return mass / mass.sum()
+
+
+@pytest.mark.parametrize("shift", [2.0, 0.0])
+@pytest.mark.parametrize("num_classes", [2, 7, 256])
+def test_matches_brute_force_cdf_differences(num_classes: int, shift: float) -> None:
+    for loc, log_scale in [(0.0, 0.0), (0.3, -1.0), (-0.97, 1.5), (1.0, 3.0), (0.41, -3.0)]:
+        out = logistic.logits(
+            torch.tensor(loc, dtype=torch.float64),
+            torch.tensor(log_scale, dtype=torch.float64),
+            num_classes=num_classes,
+            scale_shift=shift,
+        )
+        expected = _brute(loc, log_scale, num_classes, shift)
+        torch.testing.assert_close(out.exp(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_sums_to_one_and_shapes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.rand(2, 3, 4, generator=gen) * 2 - 1
+    log_scale = torch.randn(2, 3, 4, generator=gen)
+    out = logistic.logits(loc, log_scale, num_classes=16)
+    assert out.shape == (2, 3, 4, 16) and out.dtype == torch.float32
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(2, 3, 4))
+
+
+def test_float32_agrees_with_float64() -> None:
+    loc = torch.linspace(-1.2, 1.2, 11)
+    log_scale = torch.linspace(-6.0, 4.0, 11)
+    out32 = logistic.logits(loc, log_scale)
+    out64 = logistic.logits(loc.double(), log_scale.double())
+    torch.testing.assert_close(out32.exp().double(), out64.exp(), rtol=0, atol=1e-5)
+
+
+def test_extreme_parameters_are_finite_with_finite_gradients() -> None:
+    values = [-1e30, -50.0, -1.0, 0.0, 1.0, 50.0, 1e30]
+    loc = torch.tensor(values).repeat_interleave(len(values)).requires_grad_(True)
+    log_scale = torch.tensor(values).repeat(len(values)).requires_grad_(True)
+    out = logistic.logits(loc, log_scale, num_classes=32)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(len(values) ** 2))
+    (out[:, ::3].sum()).backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(log_scale.grad).all()
+
+
+def test_tiny_scale_is_a_delta_on_the_nearest_bin() -> None:
+    centres = torch.linspace(-1, 1, 9)
+    loc = centres[3] + 0.2 * (centres[1] - centres[0])  # inside bin 3
+    out = logistic.logits(loc, torch.tensor(-20.0), num_classes=9)
+    assert out.argmax().item() == 3
+    assert out[3].exp().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_huge_scale_is_uniform() -> None:
+    out = logistic.logits(torch.tensor(0.3), torch.tensor(200.0), num_classes=5)
+    torch.testing.assert_close(out.exp(), torch.full((5,), 0.2))
+
+
+def test_log1mexp_matches_direct_formula() -> None:
+    x = torch.tensor([1e-10, 1e-3, 0.5, math.log(2.0), 1.0, 5.0, 40.0], dtype=torch.float64)
+    values = x.tolist()
+    # reference: log(-expm1(-x)) is exact near 0, log1p(-exp(-x)) for large x
+    reference = [
+        math.log(-math.expm1(-v)) if v < 0.1 else math.log1p(-math.exp(-v)) for v in values
+    ]
+    expected = torch.tensor(reference, dtype=torch.float64)
+    torch.testing.assert_close(logistic.log1mexp(x), expected, rtol=1e-12, atol=0)
+
+
+def test_rejects_one_class() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        logistic.logits(torch.tensor(0.0), torch.tensor(0.0), num_classes=1)
