@@ -1,0 +1,103 @@
+"""A DataSource over one cached token stream per split (text8, LM1B, token arrays).
+
+Training examples are random crops of the training stream (seeded per rank and batch, so a
+resumed run continues exactly); evaluation examples are the non-overlapping chunks of a whole
+split, remainder dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from discrete_diffusion.data.base import Codec, DataInfo
+
+SPLITS = ("train", "validation", "test")
+_ALIASES = {"valid": "validation", "val": "validation"}
+
+
+class CropIterator:
+    """Random seq_len crops of a token array; batch n depends only on (seed, rank, n).
+
+    Each rank draws from its own stream, so ranks see different crops; `state_dict()` is the
+    batch counter, so a resumed iterator continues with exactly the batches it would have drawn.
+    """
+
+    def __init__(self, ids: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int,
+                 state: dict | None = None) -> None:
+        if ids.size < seq_len:
+            raise ValueError(f"training split of {ids.size} tokens is shorter than {seq_len}")
+        self.ids, self.seq_len, self.batch_size = ids, seq_len, batch_size
+        self.seed, self.rank = seed, rank
+        self.step = int((state or {}).get("step", 0))
+
+    def __iter__(self) -> CropIterator:
+        return self
+
+    def __next__(self) -> Tensor:
+        rng = np.random.default_rng([self.seed, self.rank, self.step])
+        starts = rng.integers(0, self.ids.size - self.seq_len + 1, size=self.batch_size)
+        self.step += 1
+        batch = np.stack([self.ids[s : s + self.seq_len] for s in starts])
+        return torch.from_numpy(batch.astype(np.int64))
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+
+def chunk_batches(ids: np.ndarray, seq_len: int, batch_size: int,
+                  max_examples: int | None = None) -> Iterator[Tensor]:
+    """Non-overlapping seq_len chunks of `ids` (remainder dropped) in batches [<=B, seq_len]."""
+    n = ids.size // seq_len
+    if max_examples is not None:
+        n = min(n, max_examples)
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        chunk = np.asarray(ids[a * seq_len : b * seq_len]).reshape(b - a, seq_len)
+        yield torch.from_numpy(chunk.astype(np.int64))
+
+
+class TokenStreamSource:
+    """A DataSource over one cached token stream per split (shared by text8, LM1B, tokens)."""
+
+    def __init__(self, name: str, arrays: dict[str, np.ndarray], num_classes: int,
+                 seq_len: int, unit: str, codec: Codec) -> None:
+        self.name, self.num_classes, self.unit = name, num_classes, unit
+        self.example_shape = (seq_len,)
+        self.mask_index: int | None = None
+        self.seq_len = seq_len
+        self._arrays, self._codec = arrays, codec
+
+    def split(self, split: str) -> np.ndarray:
+        split = _ALIASES.get(split, split)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return self._arrays[split]
+
+    def train_batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                      state: dict | None = None) -> CropIterator:
+        return CropIterator(self.split("train"), self.seq_len, batch_size, seed, rank, state)
+
+    def eval_batches(self, split: str, batch_size: int, *,
+                     max_examples: int | None = None) -> Iterator[Tensor]:
+        return chunk_batches(self.split(split), self.seq_len, batch_size, max_examples)
+
+    def num_examples(self, split: str) -> int:
+        return self.split(split).size // self.seq_len
+
+    def codec(self) -> Codec:
+        return self._codec
+
+    def info(self) -> DataInfo:
+        return DataInfo(
+            num_classes=self.num_classes,
+            example_shape=self.example_shape,
+            mask_index=None,
+            unit=self.unit,
+            name=self.name,
+            marginal=np.array(self._arrays["marginal"], dtype=np.float64),
+            embeddings=np.array(self._arrays["embeddings"], dtype=np.float64),
+        )
