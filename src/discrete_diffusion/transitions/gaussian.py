@@ -1,0 +1,226 @@
+"""The discretized Gaussian process for ordinal data (paper section 3.1, appendix A.2.3).
+
+With v_k = 2k/(K - 1) (the gap between states i and i + k on a [-1, 1] grid) and a band width b,
+
+    Q_t[i, i +- k] = exp(-v_k^2 / beta_t) / sum_{n=-b..b} exp(-v_n^2 / beta_t),  k = 1..b,
+    Q_t[i, i] = 1 - sum_{j != i} Q_t[i, j],
+
+zero beyond the band. Q_t is symmetric, hence doubly stochastic, and the stationary distribution
+is uniform. Rows near the edges keep the mass their missing neighbours would have taken.
+
+Storage (K = 256, T = 1000, full width; see `table_bytes`):
+    * one-step Q_t as its profile: off-diagonal values [T, b+1] and diagonals [T, K], float64
+      (2 MB); a column of Q_t is an O(K) gather;
+    * Qbar_t = Q_1 ... Q_t, float64 [T+1, K, K] (524 MB), built by sequential float64 products.
+      float64 because the rows feed q(x_t | x_0) and every posterior: float32 would flush
+      entries below 1e-38 to zero and bias log q; 524 MB is half the ~1 GB of the two
+      [T, K, K] tables of the reference implementation;
+    * spans Q_{s->t} (t - s > 1) for strided evaluation: built on demand and cached (at most
+      `span_cache_size` of them, float64 [K, K] each).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from discrete_diffusion.categorical import log_matmul_exp
+from discrete_diffusion.transitions.base import Transition
+
+__all__ = ["DiscretizedGaussian", "gaussian_profile"]
+
+
+def gaussian_profile(betas: Tensor, num_classes: int, bands: int) -> Tensor:
+    """Off-diagonal values of every Q_t: profile[t-1, k] = Q_t[i, i +- k], k = 1..b.
+
+    Args:
+        betas: float64 [T], beta_t > 0.
+        num_classes: K.
+        bands: b in 1..K-1.
+    Returns:
+        float64 [T, b+1]; column 0 is 0 (the diagonal depends on the row).
+    """
+    offsets = torch.arange(-bands, bands + 1, dtype=torch.float64)
+    v2 = (2.0 * offsets / (num_classes - 1)) ** 2
+    # log-space normaliser: exp(-v^2/beta) underflows for small beta at large offsets.
+    logits = -v2 / betas.unsqueeze(-1)  # [T, 2b+1]
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    profile = log_probs[:, bands:].exp()  # offsets 0..b
+    profile[:, 0] = 0.0
+    return profile
+
+
+def diagonals(profile: Tensor, num_classes: int) -> Tensor:
+    """Q_t[i, i] = 1 - (mass to the neighbours that exist), float64 [T, K]."""
+    bands = profile.shape[1] - 1
+    cum = profile.cumsum(-1)  # cum[:, m] = sum_{k=1..m} profile[:, k]
+    i = torch.arange(num_classes)
+    left = cum[:, i.clamp(max=bands)]
+    right = cum[:, (num_classes - 1 - i).clamp(max=bands)]
+    return (1.0 - left - right).clamp(min=0.0)
+
+
+class DiscretizedGaussian(Transition):
+    """Discretized, truncated Gaussian transitions between ordinal states.
+
+    Args:
+        num_classes: K >= 2.
+        bands: b in 1..K-1, the largest jump |i - j| with non-zero probability; None means the
+            full width K - 1.
+        span_cache_size: how many multi-step spans Q_{s->t} to keep.
+    """
+
+    def __init__(
+        self, num_classes: int, bands: int | None = None, span_cache_size: int = 256
+    ) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if bands is None:
+            bands = num_classes - 1
+        if not isinstance(bands, int) or not 1 <= bands <= num_classes - 1:
+            raise ValueError(f"bands must be an integer in 1..{num_classes - 1}, got {bands!r}")
+        self.num_classes = num_classes
+        self.bands = bands
+        self.span_cache_size = span_cache_size
+        self.betas: Tensor | None = None
+        self.profile: Tensor | None = None  # float64 [T, b+1]
+        self.diag: Tensor | None = None  # float64 [T, K]
+        self.cumulative: Tensor | None = None  # float64 [T+1, K, K]
+        self.spans: OrderedDict[tuple[int, int], Tensor] = OrderedDict()
+
+    # ----- binding --------------------------------------------------------------------------
+    def setup(self, betas: Tensor) -> None:
+        betas = _check_variances(betas)
+        self.betas = betas
+        self.profile = gaussian_profile(betas, self.num_classes, self.bands)
+        self.diag = diagonals(self.profile, self.num_classes)
+        self.cumulative = self._cumulative_products()
+        self.spans = OrderedDict()
+
+    def _cumulative_products(self) -> Tensor:
+        k, steps = self.num_classes, self.betas.shape[0]
+        out = torch.empty(steps + 1, k, k, dtype=torch.float64)
+        out[0] = torch.eye(k, dtype=torch.float64)
+        for t in range(1, steps + 1):
+            torch.matmul(out[t - 1], self._dense_step(t), out=out[t])
+        return out
+
+    @property
+    def num_steps(self) -> int:
+        if self.betas is None:
+            raise RuntimeError("DiscretizedGaussian is not set up: call setup(betas) first")
+        return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> DiscretizedGaussian:
+        for name in ("betas", "profile", "diag", "cumulative"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        self.spans = OrderedDict((key, v.to(device)) for key, v in self.spans.items())
+        return self
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "bands": self.bands}
+
+    # ----- dense views ----------------------------------------------------------------------
+    def _dense_step(self, t: int) -> Tensor:
+        """Q_t from its profile, float64 [K, K] on the device of the tables."""
+        k = self.num_classes
+        i = torch.arange(k, device=self.profile.device)
+        gap = (i.unsqueeze(0) - i.unsqueeze(1)).abs()
+        values = torch.cat([self.profile[t - 1], self.profile.new_zeros(1)])
+        mat = values[gap.clamp(max=self.bands + 1)]
+        mat[i, i] = self.diag[t - 1]
+        return mat
+
+    def transition_matrix(self, t: int) -> Tensor:
+        _check_int(t, 1, self.num_steps)
+        return self._dense_step(t).cpu()
+
+    def cumulative_matrix(self, t: int) -> Tensor:
+        _check_int(t, 0, self.num_steps)
+        return self.cumulative[t].cpu().clone()
+
+    def stationary(self) -> Tensor:
+        return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
+
+    # ----- structured operations ------------------------------------------------------------
+    def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
+        """Rows Qbar_t[x_0, :], gathered and logged in float64, float32 [B, ..., K]."""
+        self.num_steps  # noqa: B018 (clear error when not set up)
+        tt = _broadcast_time(t.to(self.cumulative.device), x_0)
+        rows = self.cumulative[tt, x_0.to(tt.device)]
+        return rows.log().to(torch.float32).to(x_0.device)
+
+    def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
+        """log(p Qbar_t), one [N, K] x [K, K] product per example."""
+        self.num_steps  # noqa: B018
+        batch = log_x0.shape[0]
+        flat = log_x0.reshape(batch, -1, self.num_classes)
+        mats = self.cumulative[t.to(self.cumulative.device)].to(log_x0.device)
+        return log_matmul_exp(flat, mats).reshape(log_x0.shape)
+
+    def log_transition_column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """log Q_{s->t}[j, x_t] for every j.
+
+        One-step spans gather from the symmetric profile in O(K) per token; longer spans use
+        cached dense products (a product of the Q_u is not symmetric: they do not commute).
+        """
+        self.num_steps  # noqa: B018
+        if bool((t - s == 1).all()):
+            return self._log_step_column(x_t, t)
+        out = torch.empty(*x_t.shape, self.num_classes, dtype=torch.float32, device=x_t.device)
+        pairs = torch.stack([s, t], dim=-1).cpu()
+        for pair in torch.unique(pairs, dim=0).tolist():
+            pick = ((s.cpu() == pair[0]) & (t.cpu() == pair[1])).to(x_t.device)
+            span = self._span(pair[0], pair[1]).T  # rows of the transpose are columns
+            out[pick] = span[x_t[pick].to(span.device)].log().to(torch.float32).to(x_t.device)
+        return out
+
+    def _log_step_column(self, x_t: Tensor, t: Tensor) -> Tensor:
+        dev = self.profile.device
+        k = self.num_classes
+        tt = _broadcast_time(t.to(dev), x_t).unsqueeze(-1)  # [B, ..., 1]
+        xt = x_t.to(dev).unsqueeze(-1)
+        gap = (torch.arange(k, device=dev) - xt).abs()  # [B, ..., K]
+        padded = torch.cat([self.profile, self.profile.new_zeros(self.num_steps, 1)], dim=1)
+        values = padded[tt - 1, gap.clamp(max=self.bands + 1)]
+        values = torch.where(gap == 0, self.diag[tt - 1, xt], values)
+        return values.log().to(torch.float32).to(x_t.device)
+
+    def _span(self, s: int, t: int) -> Tensor:
+        """Q_{s->t} = Q_{s+1} ... Q_t, float64 [K, K], cached (least recently used dropped)."""
+        key = (s, t)
+        if key in self.spans:
+            self.spans.move_to_end(key)
+            return self.spans[key]
+        span = self._dense_step(s + 1)
+        for u in range(s + 2, t + 1):
+            span = span @ self._dense_step(u)
+        self.spans[key] = span
+        while len(self.spans) > self.span_cache_size:
+            self.spans.popitem(last=False)
+        return span
+
+
+def _broadcast_time(t: Tensor, x: Tensor) -> Tensor:
+    """t [B] expanded to the shape of x [B, ...]."""
+    return t.view(-1, *([1] * (x.dim() - 1))).expand(x.shape)
+
+
+def _check_variances(betas: Tensor) -> Tensor:
+    """beta_t is a variance here: any finite positive value (above 1 too) is valid."""
+    if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
+        raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
+    betas = betas.detach().to(torch.float64).cpu()
+    if not bool(torch.isfinite(betas).all()) or betas.min() <= 0:
+        raise ValueError("the discretized Gaussian needs finite beta_t > 0 for every t")
+    return betas
+
+
+def _check_int(t: int, low: int, high: int) -> None:
+    if not isinstance(t, int) or isinstance(t, bool) or not low <= t <= high:
+        raise ValueError(f"t must be an integer in {low}..{high}, got {t!r}")
+

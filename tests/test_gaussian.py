@@ -1,0 +1,141 @@
+"""DiscretizedGaussian against the appendix formula and dense matrix products."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from discrete_diffusion import schedules
+from discrete_diffusion.transitions import DiscretizedGaussian, Transition
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
+    """Compare log probabilities: equal -inf patterns, finite entries within atol."""
+    a, b = a.double(), b.double()
+    assert torch.equal(torch.isinf(a), torch.isinf(b))
+    finite = torch.isfinite(b)
+    torch.testing.assert_close(a[finite], b[finite], rtol=1e-5, atol=atol)
+
+
+def check_against_dense(tr: Transition, seed: int = 0) -> None:
+    """Every structured operation of `tr` equals its dense counterpart (tiny K and T)."""
+    k, steps = tr.num_classes, tr.num_steps
+    gen = torch.Generator().manual_seed(seed)
+    qbar = torch.eye(k, dtype=torch.float64)
+    torch.testing.assert_close(tr.cumulative_matrix(0), qbar)
+    for t in range(1, steps + 1):
+        q_t = tr.transition_matrix(t)
+        assert (q_t >= 0).all()
+        torch.testing.assert_close(q_t.sum(1), torch.ones(k, dtype=torch.float64))
+        qbar = qbar @ q_t
+        torch.testing.assert_close(tr.cumulative_matrix(t), qbar, rtol=1e-9, atol=1e-12)
+    x = torch.arange(k).repeat(2).view(2, k)  # [B=2, L=K]: every state, two examples
+    log_p = torch.log_softmax(torch.randn(2, k, k, generator=gen) * 2, -1)
+    for t in range(steps + 1):
+        tt = torch.tensor([t, t])
+        qbar_t = tr.cumulative_matrix(t)
+        _close(tr.log_cumulative(x, tt), qbar_t[x].log())
+        _close(tr.log_cumulative_soft(log_p, tt), (log_p.double().exp() @ qbar_t).log())
+    for s, t in itertools.combinations(range(steps + 1), 2):
+        span = torch.eye(k, dtype=torch.float64)
+        for u in range(s + 1, t + 1):
+            span = span @ tr.transition_matrix(u)
+        got = tr.log_transition_column(x, torch.tensor([s, s]), torch.tensor([t, t]))
+        _close(got, span[:, x].permute(1, 2, 0).log())
+    # mixed spans in one batch (a strided evaluation grid)
+    if steps >= 3:
+        s_, t_ = torch.tensor([0, 1]), torch.tensor([2, 3])
+        got = tr.log_transition_column(x, s_, t_)
+        for b in range(2):
+            _close(got[b : b + 1], tr.log_transition_column(x[b : b + 1], s_[b : b + 1],
+                                                             t_[b : b + 1]))
+    pi = tr.stationary()
+    for t in range(1, steps + 1):
+        torch.testing.assert_close(pi @ tr.transition_matrix(t), pi)
+
+
+def _formula(k: int, beta: float, bands: int) -> torch.Tensor:
+    """Q_t written out entry by entry from the appendix formula (float64)."""
+    import math
+
+    norm = sum(math.exp(-((2 * n / (k - 1)) ** 2) / beta) for n in range(-bands, bands + 1))
+    q = torch.zeros(k, k, dtype=torch.float64)
+    for i in range(k):
+        for j in range(k):
+            if i != j and abs(i - j) <= bands:
+                q[i, j] = math.exp(-((2 * abs(i - j) / (k - 1)) ** 2) / beta) / norm
+        q[i, i] = 1.0 - q[i].sum()
+    return q
+
+
+@pytest.mark.parametrize("bands", [None, 1, 3])
+def test_matches_the_appendix_formula(bands: int | None) -> None:
+    k = 7
+    tr = DiscretizedGaussian(k, bands=bands)
+    betas = torch.tensor([0.02, 0.3, 2.0, 40.0], dtype=torch.float64)
+    tr.setup(betas)
+    for t, beta in enumerate(betas.tolist(), start=1):
+        q = tr.transition_matrix(t)
+        torch.testing.assert_close(q, _formula(k, beta, bands or k - 1), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(q, q.T)  # symmetric, so doubly stochastic
+
+
+@pytest.mark.parametrize("bands", [None, 2])
+def test_structured_operations_equal_dense(bands: int | None) -> None:
+    tr = DiscretizedGaussian(6, bands=bands)
+    tr.setup(torch.tensor([0.05, 0.5, 1.0, 3.0], dtype=torch.float64))
+    check_against_dense(tr)
+
+
+def test_band_limits_the_support_of_every_one_step_column() -> None:
+    tr = DiscretizedGaussian(9, bands=2)
+    tr.setup(schedules.linear(3, 0.1, 1.0))
+    col = tr.log_transition_column(torch.tensor([[4, 0]]), torch.tensor([1]), torch.tensor([2]))
+    assert torch.isfinite(col[0, 0]).tolist() == [False, False, True, True, True, True, True,
+                                                  False, False]
+    assert torch.isfinite(col[0, 1]).sum().item() == 3
+
+
+def test_reaches_the_uniform_stationary_distribution() -> None:
+    k = 8
+    tr = DiscretizedGaussian(k)
+    tr.setup(schedules.constant(60, 1.0))
+    torch.testing.assert_close(
+        tr.cumulative_matrix(60), torch.full((k, k), 1.0 / k, dtype=torch.float64),
+        rtol=0, atol=1e-6,
+    )
+    torch.testing.assert_close(tr.stationary(), torch.full((k,), 1.0 / k, dtype=torch.float64))
+
+
+def test_tables_are_profiles_and_cumulative_products_only() -> None:
+    k, steps, bands = 16, 10, 3
+    tr = DiscretizedGaussian(k, bands=bands)
+    tr.setup(schedules.linear(steps, 0.01, 0.5))
+    expected = 8 * (steps + steps * (bands + 1) + steps * k + (steps + 1) * k * k)
+    assert tr.table_bytes() == expected
+
+
+def test_span_cache_is_bounded() -> None:
+    tr = DiscretizedGaussian(5, span_cache_size=2)
+    tr.setup(schedules.linear(6, 0.1, 1.0))
+    x = torch.tensor([[0, 4]])
+    for s in range(4):
+        tr.log_transition_column(x, torch.tensor([s]), torch.tensor([s + 2]))
+    assert len(tr.spans) == 2
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="bands"):
+        DiscretizedGaussian(5, bands=5)
+    with pytest.raises(ValueError, match="num_classes"):
+        DiscretizedGaussian(1)
+    tr = DiscretizedGaussian(4)
+    with pytest.raises(RuntimeError, match="setup"):
+        tr.num_steps
+    with pytest.raises(ValueError, match="beta_t > 0"):
+        tr.setup(torch.tensor([0.0, 0.1], dtype=torch.float64))
+    tr.setup(torch.tensor([0.1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="t must be"):
+        tr.transition_matrix(2)
