@@ -20,6 +20,7 @@ REGISTRIES: dict[str, dict[str, str]] = {
         "lm1b": "discrete_diffusion.data.lm1b",
         "tokens": "discrete_diffusion.data.token_arrays",
         "images": "discrete_diffusion.data.images",
+        "cifar10": "discrete_diffusion.data.cifar10",
         "digits": "discrete_diffusion.data.digits",
         "swissroll": "discrete_diffusion.data.swissroll",
         "synthetic": "discrete_diffusion.data.synthetic",

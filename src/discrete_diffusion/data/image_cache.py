@@ -1,0 +1,59 @@
+"""Cache of decoded images as uint8 .npy arrays, memory-mapped on reuse.
+
+Decoding 60,000 JPEGs takes minutes; the decoded arrays are stored once under a key made of
+the source files' absolute paths, sizes and modification times, so a changed file gives a new
+key and a stale array is never read. Arrays are written to a temporary file and moved into
+place with `os.replace`, so a crash never leaves a half-written cache entry; they are read with
+`allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def default_cache_dir() -> Path:
+    """The images/ folder of the data cache ($DISCRETE_DIFFUSION_CACHE or
+    ~/.cache/discrete_diffusion; see `data.base.cache_dir`)."""
+    from discrete_diffusion.data.base import cache_dir
+
+    return cache_dir() / "images"
+
+
+def file_key(paths: Iterable[Path], extra: str = "") -> str:
+    """A hex key of the files' absolute paths, sizes and mtimes (nanoseconds), plus `extra`."""
+    digest = hashlib.sha1(extra.encode())
+    for path in sorted(Path(p).resolve() for p in paths):
+        stat = path.stat()
+        digest.update(json.dumps([str(path), stat.st_size, stat.st_mtime_ns]).encode())
+    return digest.hexdigest()[:24]
+
+
+def save_atomic(array: np.ndarray, path: Path) -> None:
+    """np.save to a temporary file beside `path`, then os.replace it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def cached_array(
+    key: str, make: Callable[[], np.ndarray], cache_dir: Path | None = None
+) -> np.ndarray:
+    """The array stored under `key`, memory-mapped read-only; built by `make()` once if absent.
+
+    `cache_dir=None` uses `default_cache_dir()`.
+    """
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    array = np.ascontiguousarray(make(), dtype=np.uint8)
+    save_atomic(array, path)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
