@@ -1,0 +1,112 @@
+"""Log-space helpers for categorical distributions.
+
+Conventions: a distribution over K categories is a tensor [..., K] of normalised log
+probabilities; zero probabilities are -inf and 0 * log 0 is taken as 0, never NaN.
+Random draws use float64 uniform noise clipped away from 0 and 1, so Gumbel-max is exact for
+probabilities down to ~1e-300 and a `torch.Generator` makes runs reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Gumbel-max materialises float64 noise of the logits' size: draw it in row chunks of about this
+# many elements so sampling a large vocabulary never doubles peak memory.
+_GUMBEL_CHUNK = 1 << 22
+
+
+def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) = sum_k p_k (log p_k - log q_k) over the last dimension.
+
+    Terms with p_k = 0 are 0 (also where log q_k = -inf); a p_k > 0 with q_k = 0 gives +inf, the
+    true value. Gradients stay finite wherever the value is.
+
+    Args:
+        log_p, log_q: float [..., K], normalised log probabilities (may hold -inf).
+    Returns:
+        float [...].
+    """
+    p = log_p.exp()
+    # where() before the product keeps -inf - -inf = NaN out of both the value and the gradient.
+    diff = torch.where(p > 0, log_p - log_q, torch.zeros((), dtype=log_p.dtype, device=p.device))
+    return (p * diff).sum(-1)
+
+
+def cross_entropy(log_q: Tensor, x: Tensor) -> Tensor:
+    """-log q(x) for integer targets.
+
+    Args:
+        log_q: float [..., K], normalised log probabilities.
+        x: LongTensor [...].
+    Returns:
+        float [...].
+    """
+    return -log_q.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (Maechler, 2012); log1mexp(0) = -inf."""
+    cut = x > -math.log(2.0)
+    return torch.where(cut, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
+    """log(p @ M) for log probabilities p and a non-negative matrix M, without underflow.
+
+    Each row of p is shifted by its maximum before exponentiation, so entries far below the
+    maximum lose nothing that matters and -inf stays -inf.
+
+    Args:
+        log_p: float [..., K] (or [B, N, K] with `matrix` [B, K, K] for a batched product).
+        matrix: float64 [K, K'] or [B, K, K'].
+    Returns:
+        [..., K'] in the dtype of `log_p`.
+    """
+    shift = log_p.amax(-1, keepdim=True).clamp(min=-1e30)  # all -inf rows stay -inf, not NaN
+    p = (log_p.to(torch.float64) - shift.to(torch.float64)).exp()
+    out = torch.matmul(p, matrix).log() + shift.to(torch.float64)
+    return out.to(log_p.dtype)
+
+
+def uniform_noise(
+    shape: tuple[int, ...] | torch.Size,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """float64 uniform noise in [tiny, 1 - eps], so log(u) and log(1 - u) are finite."""
+    u = torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    info = torch.finfo(torch.float64)
+    return u.clamp_(min=info.tiny, max=1.0 - info.eps)
+
+
+def gumbel_noise(
+    shape: tuple[int, ...] | torch.Size,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """float64 standard Gumbel noise -log(-log u)."""
+    return -torch.log(-torch.log(uniform_noise(shape, device, generator)))
+
+
+def gumbel_max(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw x ~ Cat(softmax(logits)) by the Gumbel-max trick with float64 noise.
+
+    Args:
+        logits: float [..., K], unnormalised log probabilities (-inf allowed, not everywhere).
+        generator: optional torch.Generator on the device of `logits`.
+    Returns:
+        LongTensor [...].
+    """
+    k = logits.shape[-1]
+    flat = logits.reshape(-1, k)
+    rows = max(1, _GUMBEL_CHUNK // max(k, 1))
+    out = torch.empty(flat.shape[0], dtype=torch.long, device=logits.device)
+    for start in range(0, flat.shape[0], rows):
+        chunk = flat[start : start + rows].to(torch.float64)
+        noise = gumbel_noise(chunk.shape, chunk.device, generator)
+        out[start : start + rows] = (chunk + noise).argmax(-1)
+    return out.reshape(logits.shape[:-1])
+
