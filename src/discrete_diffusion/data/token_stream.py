@@ -1,8 +1,9 @@
-"""A DataSource over one cached token stream per split (text8, LM1B, token arrays).
+"""A DataSource over cached token ids per split (text8, LM1B, token arrays).
 
-Training examples are random crops of the training stream (seeded per rank and batch, so a
-resumed run continues exactly); evaluation examples are the non-overlapping chunks of a whole
-split, remainder dropped.
+A split is either one 1-D token stream (text8: training examples are random crops, seeded per
+rank and batch so that a resumed run continues exactly) or packed rows [N, L] (LM1B: training
+takes shuffled epochs of rows). Evaluation examples are the non-overlapping L-token chunks of a
+whole split in order (for rows: the rows), remainder dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discrete_diffusion.data.base import Codec, DataInfo
+from discrete_diffusion.data.base import ArrayBatches, BatchIterator, Codec, DataInfo
 
 SPLITS = ("train", "validation", "test")
 _ALIASES = {"valid": "validation", "val": "validation"}
@@ -60,6 +61,19 @@ def chunk_batches(ids: np.ndarray, seq_len: int, batch_size: int,
         yield torch.from_numpy(chunk.astype(np.int64))
 
 
+class _Rows:
+    """Packed rows [N, L] of a memory-mapped array, indexed by a LongTensor of row numbers."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        return torch.from_numpy(self.rows[index.numpy()].astype(np.int64))
+
+
 class TokenStreamSource:
     """A DataSource over one cached token stream per split (shared by text8, LM1B, tokens)."""
 
@@ -78,12 +92,18 @@ class TokenStreamSource:
         return self._arrays[split]
 
     def train_batches(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                      state: dict | None = None) -> CropIterator:
-        return CropIterator(self.split("train"), self.seq_len, batch_size, seed, rank, state)
+                      state: dict | None = None) -> BatchIterator:
+        """A 1-D stream gives random crops; packed rows [N, L] give shuffled epochs of rows."""
+        ids = self.split("train")
+        if ids.ndim == 2:
+            return ArrayBatches(_Rows(ids), batch_size, seed=seed, rank=rank,
+                                world_size=world_size, state=state)
+        return CropIterator(ids, self.seq_len, batch_size, seed, rank, state)
 
     def eval_batches(self, split: str, batch_size: int, *,
                      max_examples: int | None = None) -> Iterator[Tensor]:
-        return chunk_batches(self.split(split), self.seq_len, batch_size, max_examples)
+        ids = self.split(split)
+        return chunk_batches(ids.reshape(-1), self.seq_len, batch_size, max_examples)
 
     def num_examples(self, split: str) -> int:
         return self.split(split).size // self.seq_len
