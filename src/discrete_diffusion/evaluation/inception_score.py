@@ -43,7 +43,8 @@ def score_from_log_probs(log_probs: np.ndarray) -> float:
     probs = np.exp(log_probs)
     log_marginal = np.log(probs.mean(axis=0))
     # 0 * log 0 terms are 0: where p(y|x) = 0 the product is dropped.
-    terms = np.where(probs > 0, probs * (log_probs - log_marginal), 0.0)
+    log_ratio = np.where(probs > 0, log_probs - log_marginal, 0.0)
+    terms = probs * log_ratio
     return float(math.exp(terms.sum(axis=1).mean()))
 
 
