@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from discrete_diffusion import schedules
+from discrete_diffusion import D3PM, schedules
+from discrete_diffusion.categorical import categorical_kl
 from discrete_diffusion.transitions import DiscretizedGaussian, Transition
 
 
@@ -56,6 +57,41 @@ def check_against_dense(tr: Transition, seed: int = 0) -> None:
         torch.testing.assert_close(pi @ tr.transition_matrix(t), pi)
 
 
+def _span(tr: Transition, s: int, t: int) -> torch.Tensor:
+    out = torch.eye(tr.num_classes, dtype=torch.float64)
+    for u in range(s + 1, t + 1):
+        out = out @ tr.transition_matrix(u)
+    return out
+
+
+def check_process_against_dense(proc: D3PM, seed: int = 0) -> None:
+    """Posteriors by Bayes' rule (eq. 3), p_logits by eq. (4), KL >= 0 and 0 for a perfect
+    denoiser, all against dense matrices, for every (x_0, x_t) pair and every span."""
+    tr, k, steps = proc.transition, proc.num_classes, proc.num_steps
+    gen = torch.Generator().manual_seed(seed)
+    x_0 = torch.arange(k).view(k, 1).expand(k, k)  # example b: x_0 = b at every position
+    x_t = torch.arange(k).view(1, k).expand(k, k)  # position l: x_t = l
+    logits = torch.randn(k, k, k, generator=gen) * 2
+    spans = [(t - 1, t) for t in range(1, steps + 1)] + [(0, steps), (1, steps)] * (steps > 2)
+    for s, t in spans:
+        q_span, qbar_s = _span(tr, s, t), tr.cumulative_matrix(s)
+        joint = qbar_s[x_0] * q_span[:, x_t].permute(1, 2, 0)  # [x_0, x_t, x_s]
+        valid = joint.sum(-1) > 0  # q(x_t | x_0) > 0: the posterior exists
+        bayes = (joint / joint.sum(-1, keepdim=True)).log()
+        st, tt = torch.full((k,), s), torch.full((k,), t)
+        got = proc.q_posterior_logits(x_0, x_t, tt, s=st)
+        _close(got[valid], bayes[valid])
+        mix = logits.double().softmax(-1) @ qbar_s  # sum_x0 p~(x0) Qbar_s[x0, x_s]
+        eq4 = mix * q_span[:, x_t].permute(1, 2, 0)
+        p = proc.p_logits(logits, x_t, tt, s=st)
+        _close(p, (eq4 / eq4.sum(-1, keepdim=True)).log())
+        kl = categorical_kl(got[valid], p[valid])
+        assert (kl > -1e-5).all()
+        perfect = torch.where(torch.nn.functional.one_hot(x_0, k).bool(), 0.0, -1e9)
+        kl0 = categorical_kl(got[valid], proc.p_logits(perfect, x_t, tt, s=st)[valid])
+        assert kl0.abs().max() < 1e-5
+
+
 def _formula(k: int, beta: float, bands: int) -> torch.Tensor:
     """Q_t written out entry by entry from the appendix formula (float64)."""
     import math
@@ -87,6 +123,11 @@ def test_structured_operations_equal_dense(bands: int | None) -> None:
     tr = DiscretizedGaussian(6, bands=bands)
     tr.setup(torch.tensor([0.05, 0.5, 1.0, 3.0], dtype=torch.float64))
     check_against_dense(tr)
+
+
+def test_process_level_operations_equal_dense() -> None:
+    tr = DiscretizedGaussian(5, bands=3)
+    check_process_against_dense(D3PM(tr, torch.tensor([0.05, 0.3, 1.0], dtype=torch.float64)))
 
 
 def test_band_limits_the_support_of_every_one_step_column() -> None:
@@ -133,7 +174,7 @@ def test_rejects_bad_arguments() -> None:
         DiscretizedGaussian(1)
     tr = DiscretizedGaussian(4)
     with pytest.raises(RuntimeError, match="setup"):
-        tr.num_steps
+        _ = tr.num_steps
     with pytest.raises(ValueError, match="beta_t > 0"):
         tr.setup(torch.tensor([0.0, 0.1], dtype=torch.float64))
     tr.setup(torch.tensor([0.1], dtype=torch.float64))
