@@ -34,6 +34,10 @@ class Autoregressive:
         self.num_classes = num_data_classes + 1
         self.num_steps = seq_len
 
+    def to(self, device: torch.device | str) -> Autoregressive:
+        """No tables to move; returns self."""
+        return self
+
     def shift_right(self, x_0: Tensor) -> Tensor:
         """x_0 [B, L] -> model input [B, L]: BOS, x_0[:, :-1]."""
         bos = torch.full_like(x_0[:, :1], self.bos)
@@ -54,11 +58,9 @@ class Autoregressive:
 
     def losses(self, model: nn.Module, x_0: Tensor,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"loss", "bound"}: the exact NLL in nats [B]; "t": L for every example (the whole
-        sequence is one 'step')."""
+        """{"loss", "bound"}: the exact NLL in nats [B] (no timestep, so no "t")."""
         nll = self.nll(model, x_0)
-        t = torch.full((x_0.shape[0],), self.num_steps, dtype=torch.long, device=x_0.device)
-        return {"loss": nll, "bound": nll, "t": t}
+        return {"loss": nll, "bound": nll}
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, steps: int | None = None,
