@@ -20,8 +20,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
     torch.testing.assert_close(a[finite], b[finite], rtol=1e-5, atol=atol)
 
 
-def check_against_dense(tr: Transition, seed: int = 0) -> None:
-    """Every structured operation of `tr` equals its dense counterpart (tiny K and T)."""
+def check_against_dense(tr: Transition, seed: int = 0, invariant_prior: bool = True) -> None:
+    """Every structured operation of `tr` equals its dense counterpart (tiny K and T), and
+    (if `invariant_prior`) the stationary distribution is invariant under every Q_t."""
     k, steps = tr.num_classes, tr.num_steps
     gen = torch.Generator().manual_seed(seed)
     qbar = torch.eye(k, dtype=torch.float64)
@@ -53,7 +54,8 @@ def check_against_dense(tr: Transition, seed: int = 0) -> None:
             _close(got[b : b + 1], tr.log_transition_column(x[b : b + 1], s_[b : b + 1],
                                                              t_[b : b + 1]))
     pi = tr.stationary()
-    for t in range(1, steps + 1):
+    torch.testing.assert_close(pi.sum(), torch.tensor(1.0, dtype=torch.float64))
+    for t in range(1, steps + 1 if invariant_prior else 1):
         torch.testing.assert_close(pi @ tr.transition_matrix(t), pi)
 
 

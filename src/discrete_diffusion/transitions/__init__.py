@@ -4,6 +4,7 @@ from discrete_diffusion.transitions.absorbing import Absorbing
 from discrete_diffusion.transitions.base import Transition
 from discrete_diffusion.transitions.dense import Dense, DenseTransition
 from discrete_diffusion.transitions.gaussian import DiscretizedGaussian
+from discrete_diffusion.transitions.mask_uniform import MaskUniform
 from discrete_diffusion.transitions.nearest_neighbor import NearestNeighbor
 from discrete_diffusion.transitions.uniform import Uniform
 
@@ -12,6 +13,7 @@ __all__ = [
     "Dense",
     "DenseTransition",
     "DiscretizedGaussian",
+    "MaskUniform",
     "NearestNeighbor",
     "Transition",
     "Uniform",

@@ -1,0 +1,206 @@
+"""The BERT-like mixture of masking and uniform resampling (paper section 4).
+
+One step, with R = K - 1 real tokens and the mask m:
+    * a real token goes to the mask with probability m_t (the process's betas);
+    * otherwise it is resampled uniformly over the R real tokens (itself included) with
+      probability u_t (`uniform_betas`), and kept with probability 1 - u_t;
+    * the mask is absorbing.
+
+    Q_t[i, j] = (1 - m_t) ((1 - u_t) [i = j] + u_t / R)   for real i, j,
+    Q_t[i, m] = m_t for real i,   Q_t[m, m] = 1.
+
+Masking and uniform resampling commute on the real tokens (the mask probability does not
+depend on which real token is held), so every span Q_{s->t} has the same form with
+a = prod (1 - m_u) and b = prod (1 - u_u) over u = s+1..t in place of 1 - m_t and 1 - u_t.
+All operations are O(K) per token; no K x K table exists.
+
+Relation to the paper's Q = alpha 1 e_m^T + beta 11^T / K + (1 - alpha - beta) I: on the real
+rows it is this process with the uniform part spread over real tokens only (as in the authors'
+`mask-beta-diagonal` code): m = alpha + beta / K and (1 - m) u / R = beta / K, i.e.
+u = beta R / (K (1 - m)). Unlike the paper's formula, the mask row here is absorbing (the
+paper's matrix would move a masked token back to a real one with probability beta R / K).
+For T = 1 and data without masks the mask row is never used, and both agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from discrete_diffusion.categorical import uniform_noise
+from discrete_diffusion.transitions.base import Transition
+from discrete_diffusion.transitions.uniform import check_betas, keep_tables, log_keep_span
+
+__all__ = ["MaskUniform"]
+
+_NEG_INF = -math.inf
+
+
+class MaskUniform(Transition):
+    """Masking (schedule m_t = the process's betas) mixed with uniform resampling (u_t).
+
+    Args:
+        num_classes: K >= 3, the mask included.
+        mask_index: the absorbing mask state, 0 <= m < K.
+        uniform_betas: float [T], u_1..u_T in [0, 1].
+    """
+
+    def __init__(self, num_classes: int, mask_index: int, uniform_betas: Tensor) -> None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 3:
+            raise ValueError(f"num_classes must be an integer >= 3 (mask + 2 real tokens), "
+                             f"got {num_classes!r}")
+        if not isinstance(mask_index, int) or not 0 <= mask_index < num_classes:
+            raise ValueError(f"mask_index must be an integer in 0..{num_classes - 1}, got "
+                             f"{mask_index!r}")
+        self.num_classes = num_classes
+        self.mask_index = mask_index
+        self.uniform_betas = check_betas(torch.as_tensor(uniform_betas))
+        self.betas: Tensor | None = None
+        self.mask_keep: tuple[Tensor, Tensor] | None = None  # keep_tables of m_t
+        self.uniform_keep = keep_tables(self.uniform_betas)  # keep_tables of u_t
+        self._log_real = math.log(num_classes - 1)
+
+    # ----- binding --------------------------------------------------------------------------
+    def setup(self, betas: Tensor) -> None:
+        betas = check_betas(betas)
+        if betas.shape != self.uniform_betas.shape:
+            raise ValueError(f"MaskUniform has {self.uniform_betas.shape[0]} uniform_betas but "
+                             f"the schedule has T = {betas.shape[0]} steps")
+        self.betas = betas
+        self.mask_keep = keep_tables(betas)
+
+    @property
+    def num_steps(self) -> int:
+        if self.betas is None:
+            raise RuntimeError("MaskUniform is not set up: call setup(betas) first")
+        return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> MaskUniform:
+        self.uniform_betas = self.uniform_betas.to(device)
+        self.uniform_keep = tuple(v.to(device) for v in self.uniform_keep)
+        if self.betas is not None:
+            self.betas = self.betas.to(device)
+            self.mask_keep = tuple(v.to(device) for v in self.mask_keep)
+        return self
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "mask_index": self.mask_index,
+                "uniform_betas": self.uniform_betas.tolist()}
+
+    # ----- span coefficients ----------------------------------------------------------------
+    def _span_logs(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per example [B] float64: log a, log(1 - a), log of the same-token and of the
+        other-token probability given no mask: log(b + (1-b)/R), log((1-b)/R)."""
+        self.num_steps  # noqa: B018 (clear error when not set up)
+        log_a, log_1ma = log_keep_span(*self.mask_keep, s, t)
+        log_b, log_1mb = log_keep_span(*self.uniform_keep, s, t)
+        log_other = log_1mb - self._log_real
+        return log_a, log_1ma, torch.logaddexp(log_b, log_other), log_other
+
+    def _dense(self, s: int, t: int) -> Tensor:
+        logs = self._span_logs(torch.tensor([s]), torch.tensor([t]))
+        a, one_minus_a, same, other = (float(v.exp()) for v in logs)
+        k, m = self.num_classes, self.mask_index
+        mat = torch.full((k, k), a * other, dtype=torch.float64)
+        mat.diagonal().fill_(a * same)
+        mat[:, m] = one_minus_a
+        mat[m] = 0.0
+        mat[m, m] = 1.0
+        return mat
+
+    # ----- dense views ----------------------------------------------------------------------
+    def transition_matrix(self, t: int) -> Tensor:
+        _check_int(t, 1, self.num_steps)
+        return self._dense(t - 1, t)
+
+    def cumulative_matrix(self, t: int) -> Tensor:
+        _check_int(t, 0, self.num_steps)
+        return self._dense(0, t)
+
+    def stationary(self) -> Tensor:
+        """Mask with probability 1 - a_T, else uniform over the real tokens (the limit once
+        the uniform part has mixed; a point mass on the mask when a_T = 0)."""
+        a_t = float(self._span_logs(torch.tensor([0]), torch.tensor([self.num_steps]))[0].exp())
+        out = torch.full((self.num_classes,), a_t / (self.num_classes - 1), dtype=torch.float64)
+        out[self.mask_index] = 1.0 - a_t
+        return out
+
+    # ----- structured operations ------------------------------------------------------------
+    def _log_rows(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """log Q_{s->t}[x, :], float32 [B, ..., K]."""
+        log_a, log_1ma, log_same, log_other = self._span_logs(s, t)
+        m, nd = self.mask_index, x.dim()
+        out = _per_example(log_a + log_other, nd + 1).expand(*x.shape, self.num_classes).clone()
+        out[..., m] = _per_example(log_1ma, nd)
+        is_mask = x == m
+        same = torch.where(is_mask, 0.0, _per_example(log_a + log_same, nd))
+        out.scatter_(-1, x.unsqueeze(-1), same.unsqueeze(-1))
+        # a masked x stays masked: -inf off the mask
+        return out.masked_fill_(is_mask.unsqueeze(-1) & (self._arange(x) != m), _NEG_INF)
+
+    def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
+        return self._log_rows(x_0, torch.zeros_like(t), t)
+
+    def log_transition_column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Column x_t of Q_{s->t}: for real x_t, a (b [j = x_t] + (1-b)/R) at real j and 0 at
+        the mask; for x_t = m, 1 - a at real j and 1 at the mask."""
+        log_a, log_1ma, log_same, log_other = self._span_logs(s, t)
+        m, nd = self.mask_index, x_t.dim()
+        is_mask = (x_t == m).unsqueeze(-1)
+        off = torch.where(is_mask, _per_example(log_1ma, nd + 1),
+                          _per_example(log_a + log_other, nd + 1))
+        out = off.expand(*x_t.shape, self.num_classes).clone()
+        same = torch.where(is_mask, 0.0, _per_example(log_a + log_same, nd + 1))
+        out.scatter_(-1, x_t.unsqueeze(-1), same)
+        out[..., m] = torch.where(is_mask.squeeze(-1), 0.0, _NEG_INF)
+        return out
+
+    def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
+        """p Qbar_t: real j get a (b p_j + (1-b)/R P), the mask gets p_m + (1-a) P, where
+        P = sum of p over the real tokens."""
+        log_a, log_1ma, _, log_other = self._span_logs(torch.zeros_like(t), t)
+        log_b, _ = log_keep_span(*self.uniform_keep, torch.zeros_like(t), t)
+        m, nd, dt = self.mask_index, log_x0.dim(), log_x0.dtype
+        log_pm = log_x0[..., m]
+        log_real = torch.logsumexp(log_x0.index_fill(-1, self._mask_tensor(log_x0), _NEG_INF),
+                                   dim=-1, keepdim=True)
+        out = torch.logaddexp(log_x0 + _per_example(log_b, nd, dt),
+                              log_real + _per_example(log_other, nd, dt))
+        out = out + _per_example(log_a, nd, dt)
+        out[..., m] = torch.logaddexp(log_pm, log_real.squeeze(-1)
+                                      + _per_example(log_1ma, nd - 1, dt))
+        return out
+
+    def sample_cumulative(
+        self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """x_t ~ q(x_t | x_0) in O(1) per token: unmasked with probability a, then kept with
+        probability b, else a uniform real token."""
+        log_a, _, _, _ = self._span_logs(torch.zeros_like(t), t)
+        log_b, _ = log_keep_span(*self.uniform_keep, torch.zeros_like(t), t)
+        nd, m = x_0.dim(), self.mask_index
+        u = uniform_noise((2, *x_0.shape), x_0.device, generator)
+        fresh = torch.randint(self.num_classes - 1, x_0.shape, device=x_0.device,
+                              generator=generator)
+        fresh = fresh + (fresh >= m).long()  # skip the mask index
+        real = torch.where(u[1] < _per_example(log_b.exp(), nd).to(u.device), x_0, fresh)
+        unmasked = (u[0] < _per_example(log_a.exp(), nd).to(u.device)) & (x_0 != m)
+        return torch.where(unmasked, real, torch.full_like(x_0, m))
+
+    def _arange(self, x: Tensor) -> Tensor:
+        return torch.arange(self.num_classes, device=x.device)
+
+    def _mask_tensor(self, x: Tensor) -> Tensor:
+        return torch.tensor([self.mask_index], device=x.device)
+
+
+def _per_example(c: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[B] -> [B, 1, ..., 1] with `ndim` dims, in `dtype`."""
+    return c.to(dtype).view(-1, *([1] * (ndim - 1)))
+
+
+def _check_int(t: int, low: int, high: int) -> None:
+    if not isinstance(t, int) or isinstance(t, bool) or not low <= t <= high:
+        raise ValueError(f"t must be an integer in {low}..{high}, got {t!r}")

@@ -1,0 +1,116 @@
+"""MaskUniform: closed forms against dense products, and the BERT connection by enumeration."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from test_gaussian import check_against_dense, check_process_against_dense
+
+from discrete_diffusion import D3PM, schedules
+from discrete_diffusion.transitions import MaskUniform
+
+F64 = torch.float64
+
+
+def _process(k: int = 5, mask: int = 2, steps: int = 4, seed: int = 0) -> D3PM:
+    gen = torch.Generator().manual_seed(seed)
+    uniform = torch.rand(steps, generator=gen, dtype=F64) * 0.5
+    betas = torch.rand(steps, generator=gen, dtype=F64) * 0.5
+    return D3PM(MaskUniform(k, mask, uniform), betas)
+
+
+def test_one_step_matrix_is_the_described_mixture() -> None:
+    k, mask, m_t, u_t = 5, 1, 0.2, 0.3
+    tr = MaskUniform(k, mask, torch.tensor([u_t], dtype=F64))
+    tr.setup(torch.tensor([m_t], dtype=F64))
+    q = tr.transition_matrix(1)
+    real = [i for i in range(k) if i != mask]
+    for i in real:
+        for j in real:
+            expected = (1 - m_t) * ((1 - u_t) * (i == j) + u_t / (k - 1))
+            assert q[i, j].item() == pytest.approx(expected, rel=1e-12)
+        assert q[i, mask].item() == pytest.approx(m_t, rel=1e-12)
+    assert q[mask].tolist() == [float(j == mask) for j in range(k)]
+
+
+@pytest.mark.parametrize("mask", [0, 2, 4])
+def test_structured_operations_equal_dense(mask: int) -> None:
+    proc = _process(mask=mask)
+    check_against_dense(proc.transition, invariant_prior=False)  # the mask is not yet certain
+    check_process_against_dense(proc)
+
+
+def test_spans_stay_exact_after_a_certain_mask_step() -> None:
+    # beta_T = 1 (jsd schedule) masks everything at T; spans before T must still be exact.
+    steps = 4
+    tr = MaskUniform(4, 3, torch.full((steps,), 0.2, dtype=F64))
+    proc = D3PM(tr, schedules.jsd(steps))
+    check_against_dense(tr)
+    torch.testing.assert_close(tr.stationary(), torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=F64))
+    x_0 = torch.tensor([[0, 1, 2, 3]])
+    assert proc.prior_kl(x_0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sample_cumulative_matches_q_probs() -> None:
+    proc = _process(k=4, mask=1, steps=3)
+    n = 40000
+    x_0 = torch.tensor([0, 1, 3]).repeat(n, 1)  # a real token, the mask, a real token
+    t = torch.full((n,), 3)
+    draws = proc.transition.sample_cumulative(x_0, t, torch.Generator().manual_seed(1))
+    freq = torch.nn.functional.one_hot(draws, 4).double().mean(0)  # [3, K]
+    expected = proc.q_probs(x_0[:1], 3)[0].double()
+    torch.testing.assert_close(freq, expected, rtol=0, atol=0.012)
+
+
+def test_bert_one_step_process_by_enumeration() -> None:
+    """T = 1, 10% to [MASK], 5% to a uniform real token: the bound's decoder term
+    E_q(x_1|x_0)[-log p(x_0 | x_1)] (eq. 4) is the BERT cross-entropy: exactly -log p~ at
+    masked positions (p~ puts zero on the mask), and -log of p~ reweighted by q(x_1 | x_0)
+    at the others."""
+    k, mask, length = 4, 3, 3
+    tr = MaskUniform(k, mask, torch.tensor([0.05 / 0.9], dtype=F64))
+    proc = D3PM(tr, schedules.constant(1, 0.1))
+    x_0 = torch.tensor([[0, 2, 0]])
+    q1 = proc.q_probs(x_0, 1)[0].double()  # [L, K]
+    torch.testing.assert_close(q1[0], torch.tensor([0.85 + 0.05 / 3, 0.05 / 3, 0.05 / 3, 0.1],
+                                                   dtype=F64))
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randn(k**length, length, k, generator=gen, dtype=F64)
+    table[..., mask] = float("-inf")  # p~ never predicts the mask
+
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        code = (x_t * k ** torch.arange(length)).sum(-1)  # context-dependent logits
+        return table[code].float()
+
+    bound = bert = masked_only = 0.0
+    q_one = tr.transition_matrix(1)
+    for x_1 in itertools.product(range(k), repeat=length):
+        x1 = torch.tensor([x_1])
+        weight = float(torch.prod(q1[torch.arange(length), x1[0]]))
+        log_p = proc.p_logits(denoiser(x1, torch.tensor([1])), x1, 1)[0].double()
+        p_tilde = denoiser(x1, torch.tensor([1]))[0].double().softmax(-1)
+        bound += weight * -sum(log_p[i, x_0[0, i]].item() for i in range(length))
+        for i, (target, seen) in enumerate(zip(x_0[0].tolist(), x_1)):
+            if seen == mask:
+                term = -p_tilde[i, target].log().item()
+                torch.testing.assert_close(log_p[i].exp(), p_tilde[i], rtol=1e-5, atol=1e-6)
+                masked_only += weight * term
+            else:
+                reweighted = p_tilde[i] * q_one[:, seen]
+                term = -(reweighted[target] / reweighted.sum()).log().item()
+            bert += weight * term
+    assert bound == pytest.approx(bert, rel=1e-5)
+    assert masked_only > 0 and masked_only < bound
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        MaskUniform(2, 1, torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="mask_index"):
+        MaskUniform(4, 4, torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="betas"):
+        MaskUniform(4, 3, torch.tensor([1.5], dtype=F64))
+    with pytest.raises(ValueError, match="uniform_betas"):
+        D3PM(MaskUniform(4, 3, torch.zeros(3, dtype=F64)), schedules.jsd(5))
