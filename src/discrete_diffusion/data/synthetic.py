@@ -38,7 +38,8 @@ class Config:
 
 
 class IdCodec(Codec):
-    """Prints each example as space-separated ids; '_' marks a position to fill."""
+    """Prints each example as space-separated ids; an id >= vocab_size (an added mask) shows as
+    '_', which also marks a position to fill in `parse_infill`."""
 
     kind = "synthetic"
 
@@ -50,7 +51,8 @@ class IdCodec(Codec):
 
     def render(self, x: Tensor, out=None) -> str:
         rows = x.reshape(x.shape[0], -1) if x.dim() > 1 else x[None]
-        text = "\n".join(" ".join(str(int(v)) for v in row) for row in rows)
+        text = "\n".join(" ".join(str(int(v)) if int(v) < self.vocab_size else "_" for v in row)
+                         for row in rows)
         if out is not None:
             Path(out).write_text(text + "\n")
         return text

@@ -1,0 +1,111 @@
+"""`d3pm eval`: the bound of a trained model on a data split, with standard errors.
+
+    d3pm eval --checkpoint RUN_DIR_OR_FILE --data PATH --split test --steps 1000 20
+              [--max-examples N] [--batch-size B] [--json OUT.json] [--time-samples N]
+              [--seed S]
+
+Defaults: all T steps, the whole split, batch size 32, seed 0, EMA weights when the run has them.
+The JSON holds "results", one entry per step count: steps, bits_per_token, stderr,
+num_sequences (+ bits_per_char for characters, perplexity for tokens) or, for images, steps,
+bits_per_dim, stderr, num_images; with --time-samples N also sample_seconds_per_example
+{"mean", "std", "runs"} (batch size 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from discrete_diffusion.data.base import atomic_write_text
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate the likelihood bound of a trained model")
+    p.add_argument("--checkpoint", required=True, help="run folder (latest) or checkpoint file")
+    p.add_argument("--data", help="data argument of the run's data kind")
+    p.add_argument("--split", default="test", help="data split (default test)")
+    p.add_argument("--steps", type=int, nargs="+",
+                   help="inference step counts (default: T, all steps)")
+    p.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", type=Path, help="write the results to this JSON file")
+    p.add_argument("--time-samples", type=int, default=0,
+                   help="also time N samples at batch size 1 for each step count")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo noise")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=run)
+
+
+def device_of(name: str) -> torch.device:
+    from discrete_diffusion.training.distributed import DistEnv, pick_device
+
+    return pick_device(name, DistEnv())
+
+
+def check_data_matches(data, info) -> None:
+    """The data must be what the model was trained on: same vocabulary and example shape."""
+    if data.num_classes != info.num_classes or tuple(data.example_shape) != info.example_shape:
+        raise ValueError(f"data ({data.num_classes} classes, shape {tuple(data.example_shape)}) "
+                         f"does not match the run ({info.num_classes} classes, shape "
+                         f"{info.example_shape})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from discrete_diffusion.evaluation.bound import evaluate_bound, named_result
+    from discrete_diffusion.evaluation.timing import time_sampling
+    from discrete_diffusion.training.builders import build_data, load_trained
+
+    if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
+        raise ValueError("--batch-size and --max-examples must be positive")
+    device = device_of(args.device)
+    trained = load_trained(args.checkpoint, device)
+    data = build_data(trained.config, args.data)
+    check_data_matches(data, trained.info)
+    steps_list = args.steps or [None]
+    total = min(data.num_examples(args.split), args.max_examples or 10**18)
+    bar = tqdm(total=total, desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    batches = data.eval_batches(args.split, args.batch_size, max_examples=args.max_examples)
+    entries = evaluate_bound(trained.method, trained.model, batches, steps_list, gen,
+                             unit=trained.info.unit, device=device,
+                             progress=lambda n: bar.update(n - bar.n))
+    bar.close()
+    results = []
+    for entry in entries:
+        result = named_result({**entry, "steps": entry["steps"] or trained.method.num_steps})
+        if args.time_samples > 0:
+            mean, std = time_sampling(trained.method, trained.model, args.time_samples,
+                                      steps=entry["steps"], generator=gen)
+            result["sample_seconds_per_example"] = {"mean": mean, "std": std,
+                                                    "runs": args.time_samples}
+        results.append(result)
+    print_table(results, trained.info.unit)
+    if args.json is not None:
+        record = {"checkpoint": str(trained.checkpoint.path), "step": trained.checkpoint.step,
+                  "split": args.split, "unit": trained.info.unit, "ema": trained.uses_ema,
+                  "seed": args.seed, "results": results}
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def print_table(results: list[dict], unit: str) -> None:
+    key = "bits_per_dim" if unit == "dim" else "bits_per_token"
+    count = "num_images" if unit == "dim" else "num_sequences"
+    header = f"{'steps':>7}  {'bits/' + unit:>12}  {'stderr':>9}  {count:>13}"
+    extra = "perplexity" in results[0]
+    timed = "sample_seconds_per_example" in results[0]
+    header += f"  {'perplexity':>11}" * extra + f"  {'s/sample':>10}" * timed
+    print(header)
+    for r in results:
+        stderr = f"{r['stderr']:9.4f}" if r["stderr"] is not None else f"{'n/a':>9}"
+        line = f"{r['steps']:>7}  {r[key]:12.4f}  {stderr}  {r[count]:>13}"
+        if extra:
+            line += f"  {r['perplexity']:11.3f}"
+        if timed:
+            line += f"  {r['sample_seconds_per_example']['mean']:10.4f}"
+        print(line)

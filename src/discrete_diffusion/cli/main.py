@@ -1,0 +1,63 @@
+"""`d3pm`: train, evaluate and sample discrete diffusion models; prepare data; draw figures.
+
+Every sub-command lives in its own module exposing `register(subparsers)`, which sets `func`.
+A user error (bad config, missing file, corrupt checkpoint) is one line on stderr,
+`d3pm: error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from discrete_diffusion.data.base import CACHE_ENV
+
+COMMANDS = ("train", "eval", "sample", "data", "figures", "demo")
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError,
+               FileExistsError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d3pm", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", metavar="DIR",
+                        help=f"data cache folder (default ${CACHE_ENV} or "
+                             f"~/.cache/discrete_diffusion)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"discrete_diffusion.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # a module that is there but broken must say so
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def one_line(err: BaseException) -> str:
+    """The message of `err` on one line (KeyError's repr quotes dropped)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `d3pm` with `argv` (default sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cache:
+        os.environ[CACHE_ENV] = args.cache
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        print(f"d3pm: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("d3pm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""The trainer: one loop for every method, data kind and network. It knows no diffusion
+mathematics; it minimises the mean over the batch of `Method.losses(...)["loss"] / positions`.
+
+Run folder (see docs/ARCHITECTURE.md): config.yaml, data/ (DataInfo + codec), metrics.jsonl,
+tensorboard/, samples/step_N.txt|png, checkpoints/. A folder that already holds another run is
+never overwritten: continuing one needs `resume=True`, which restores weights, optimizer, EMA,
+the RNG states and the data position, so N steps in one go and N/2 + resume + N/2 give the same
+weights.
+
+Defaults: the periodic evaluation uses `train.eval_examples` (256) validation examples with
+`train.eval_steps` inference steps (None = all T) and a generator seeded from `train.seed`, so it
+never disturbs the training noise. Under torchrun, `train.batch_size` is the global batch, split
+evenly over processes and `grad_accum` micro-batches; rank 0 alone logs, evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from discrete_diffusion.data.base import DataSource
+from discrete_diffusion.evaluation.bound import evaluate_bound
+from discrete_diffusion.training import distributed
+from discrete_diffusion.training.builders import build_method, build_model
+from discrete_diffusion.training.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from discrete_diffusion.training.config import RunConfig, dump_config, read_yaml
+from discrete_diffusion.training.ema import EMA
+from discrete_diffusion.training.metrics import MetricsLog, RunningStats
+
+# train keys that may change when a run is resumed (bookkeeping, not the optimisation itself)
+RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "eval_examples", "eval_steps",
+                  "sample_every", "num_samples", "ckpt_every", "keep_checkpoints", "device",
+                  "compile"}
+
+
+def _seed_of(*parts: int) -> int:
+    """A 63-bit seed mixing `parts` (seed, rank, purpose)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two `RunConfig.to_dict()` results."""
+    keys = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        keys += [f"{section}.{k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    return keys
+
+
+class Trainer:
+    """Trains `config`'s model on `data` with `config`'s method, writing to `run_dir`.
+
+    Args:
+        config: the validated run config.
+        data: the data source (already built from `config.data`).
+        run_dir: the run folder.
+        resume: continue the run in `run_dir` from its latest checkpoint.
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    def __init__(self, config: RunConfig, data: DataSource, run_dir: str | Path, *,
+                 resume: bool = False, progress: bool = True) -> None:
+        self.config, self.data, self.run_dir = config, data, Path(run_dir)
+        self.tc = tc = config.train
+        self.dist, self.device = distributed.setup(tc.device)
+        self.main = self.dist.is_main
+        self.micro_batch = self._micro_batch()
+        self.info = data.info()
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        self.method = build_method(config, self.info).to(self.device)
+        self.model = build_model(config, self.info, self.method).to(self.device)
+        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas,
+                                           eps=tc.eps, weight_decay=tc.weight_decay)
+        self.generator = torch.Generator(self.device)  # the diffusion noise of this rank
+        self.generator.manual_seed(_seed_of(tc.seed, self.dist.rank, 1))
+        self.step, self.skipped = 0, 0
+        self.progress = progress and self.main
+        self.positions = self.info.num_positions
+        checkpoint = self._prepare_run_dir(resume)
+        self.batches = data.train_batches(
+            self.micro_batch, seed=tc.seed, rank=self.dist.rank, world_size=self.dist.world_size,
+            state=self._restore(checkpoint) if checkpoint else None)
+        self.net = self._wrap(self.model)
+        self.log = MetricsLog(self.run_dir, enabled=self.main)
+        self.stats = RunningStats(self.method.num_steps)
+        self._snapshot = self._rank_state()
+
+    # ----- set-up --------------------------------------------------------------------------
+    def _micro_batch(self) -> int:
+        parts = self.dist.world_size * self.tc.grad_accum
+        if self.tc.batch_size % parts:
+            raise ValueError(f"train.batch_size {self.tc.batch_size} is not divisible by "
+                             f"{self.dist.world_size} processes x {self.tc.grad_accum} "
+                             f"accumulation steps")
+        return self.tc.batch_size // parts
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.tc.compile:
+            net = torch.compile(net)
+        return net
+
+    def _prepare_run_dir(self, resume: bool):
+        """Check the run folder (one-line errors), write config and data info on rank 0, and
+        return the checkpoint to resume from (or None)."""
+        found = list_checkpoints(self.run_dir / "checkpoints") if self.run_dir.is_dir() else []
+        saved = self.run_dir / "config.yaml"
+        if resume and found:
+            ckpt = load_checkpoint(self.run_dir, optimizer=True)
+            self._check_resumable(ckpt.state.get("config", {}))
+        elif not resume and self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            if found:
+                raise ValueError(f"run folder {self.run_dir} already holds checkpoints; pass "
+                                 f"--resume to continue it or choose another --out")
+            if not saved.is_file():
+                raise ValueError(f"run folder {self.run_dir} exists and is not a run; choose "
+                                 f"another --out")
+            diff = config_differences(read_yaml(saved), self.config.to_dict())
+            if diff:
+                raise ValueError(f"run folder {self.run_dir} holds a different config "
+                                 f"({', '.join(diff[:3])} differ); choose another --out")
+            ckpt = None
+        else:
+            ckpt = None
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(self.config, saved)
+            self.info.save(self.run_dir / "data")
+            self.data.codec().save(self.run_dir / "data")
+        distributed.barrier(self.dist)
+        return ckpt
+
+    def _check_resumable(self, saved: dict) -> None:
+        diff = [k for k in config_differences(saved, self.config.to_dict())
+                if not (k.startswith("train.") and k.split(".", 1)[1] in RESUMABLE_KEYS)]
+        if diff:
+            raise ValueError(f"cannot resume {self.run_dir} with a different config "
+                             f"({', '.join(diff[:3])} differ)")
+
+    def _restore(self, ckpt) -> dict | None:
+        """Load weights, optimizer, EMA and this rank's RNG states; return its data state."""
+        load_weights(self.model, ckpt.weights, ckpt.path)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        if self.ema is not None:
+            if ckpt.ema is None:
+                raise ValueError(f"checkpoint {ckpt.path} has no EMA weights to resume")
+            load_weights(self.ema.model, ckpt.ema, ckpt.path)
+        ranks = ckpt.state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            raise ValueError(f"checkpoint {ckpt.path} was written by {len(ranks)} processes; "
+                             f"resume it with the same number (now {self.dist.world_size})")
+        self.step, self.skipped = ckpt.step, int(ckpt.state.get("skipped", 0))
+        mine = ranks[self.dist.rank]
+        _set_rng(mine["rng"], self.generator)
+        return mine["data"]
+
+    # ----- state ---------------------------------------------------------------------------
+    def _rank_state(self) -> dict:
+        """This rank's data position and RNG states: taken at the start of every step, so an
+        interrupted step is replayed exactly on resume."""
+        return {"data": self.batches.state_dict(), "rng": _get_rng(self.generator)}
+
+    def save(self) -> None:
+        """Write a checkpoint of the completed steps (all ranks must call it)."""
+        ranks = distributed.gather(self.dist, self._snapshot)
+        if self.main:
+            state = {"config": self.config.to_dict(), "ranks": ranks, "skipped": self.skipped,
+                     "kinds": {"data": self.config.data_kind, "model": self.config.model_kind,
+                               "method": self.config.method_kind},
+                     "num_classes": self.method.num_classes, "num_steps": self.method.num_steps}
+            save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer,
+                            state, self.ema.model if self.ema else None, self.tc.keep_checkpoints)
+        distributed.barrier(self.dist)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluation and sampling use: EMA when on."""
+        return self.ema.model if self.ema is not None else self.model
+
+    # ----- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until `train.steps`; returns the last logged metrics and evaluation."""
+        summary: dict = {}
+        bar = tqdm(total=self.tc.steps, initial=self.step, disable=not self.progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        last_time, units = time.perf_counter(), 0
+        try:
+            while self.step < self.tc.steps:
+                self._snapshot = self._rank_state()
+                units += self.train_step()
+                bar.update(1)
+                if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
+                    now = time.perf_counter()
+                    summary["train"] = self._log(units / max(now - last_time, 1e-9), bar)
+                    last_time, units = now, 0
+                self._periodic(summary)
+            self._snapshot = self._rank_state()
+        except KeyboardInterrupt:
+            if not self.dist.enabled:  # a lone process can save; ranks may be out of step
+                self.save()
+                print(f"interrupted: checkpoint saved at step {self.step}", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+            self.log.close()
+        if not self._saved_at(self.step):
+            self.save()
+        distributed.cleanup(self.dist)
+        summary["skipped"] = self.skipped
+        summary["step"] = self.step
+        return summary
+
+    def _periodic(self, summary: dict) -> None:
+        step, tc = self.step, self.tc
+        if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+            summary["eval"] = self.evaluate()
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            self.write_samples()
+        if tc.ckpt_every and step % tc.ckpt_every == 0:
+            self._snapshot = self._rank_state()
+            self.save()
+
+    def _saved_at(self, step: int) -> bool:
+        return bool(self.tc.ckpt_every) and step % self.tc.ckpt_every == 0
+
+    def _autocast(self):
+        if self.tc.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> int:
+        """One update over `grad_accum` micro-batches; returns the units (positions) seen."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        units = 0
+        for micro in range(self.tc.grad_accum):
+            x_0 = next(self.batches).to(self.device, non_blocking=True)
+            sync = micro == self.tc.grad_accum - 1 or not self.dist.enabled
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self._autocast():
+                out = self.method.losses(self.net, x_0, generator=self.generator)
+                loss = (out["loss"].float() / self.positions).mean() / self.tc.grad_accum
+            loss.backward()
+            self._record(out)
+            units += x_0.shape[0] * self.positions * self.dist.world_size
+        self._apply_update()
+        self.step += 1
+        return units
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over `warmup_steps` updates to `lr`, then constant."""
+        if self.tc.warmup_steps == 0:
+            return self.tc.lr
+        return self.tc.lr * min(1.0, (step + 1) / self.tc.warmup_steps)
+
+    def _apply_update(self) -> None:
+        """Clip, then step (and update the EMA) unless the gradient is not finite."""
+        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.stats.add("grad_norm", norm.reshape(1))
+        if not torch.isfinite(norm):  # identical on every rank: gradients are all-reduced
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _record(self, out: dict[str, Tensor]) -> None:
+        if not self.main:
+            return
+        to_bits = 1.0 / (self.positions * math.log(2))
+        t = out.get("t")
+        self.stats.add("loss", out["loss"] / self.positions)
+        self.stats.add("bits_per_unit", out["bound"] * to_bits, t)
+        for key in ("vb", "ce"):
+            if key in out:
+                self.stats.add(f"{key}_bits", out[key] * to_bits, t if key == "vb" else None)
+
+    def _log(self, units_per_sec: float, bar) -> dict:
+        values = self.stats.means()
+        self.stats.reset()
+        values.update(lr=self.learning_rate(self.step - 1), skipped=self.skipped,
+                      units_per_sec=units_per_sec)
+        self.log.log(self.step, values)
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
+                        bits=f"{values.get('bits_per_unit', float('nan')):.4f}",
+                        units_s=f"{units_per_sec:.0f}")
+        return values
+
+    # ----- evaluation and samples (rank 0) -------------------------------------------------
+    def evaluate(self) -> dict | None:
+        """Bound on `eval_examples` validation examples with `eval_steps` steps."""
+        result = None
+        if self.main and self.tc.eval_examples > 0:
+            gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 2, self.step))
+            batches = self.data.eval_batches("validation", self.micro_batch,
+                                             max_examples=self.tc.eval_examples)
+            with self._autocast():
+                (result,) = evaluate_bound(self.method, self.eval_model, batches,
+                                           [self.tc.eval_steps], gen, unit=self.info.unit,
+                                           device=self.device)
+            self.log.log(self.step, {k: v for k, v in result.items()
+                                     if isinstance(v, (int, float))}, prefix="eval")
+            if self.progress:
+                tqdm.write(f"step {self.step}: validation bound {result['bits_per_unit']:.4f} "
+                           f"bits/{self.info.unit}", file=sys.stderr)
+        distributed.barrier(self.dist)
+        return result
+
+    def write_samples(self) -> Path | None:
+        """Render `num_samples` samples to samples/step_N.txt (or .png for images)."""
+        path = None
+        if self.main and self.tc.num_samples > 0:
+            codec = self.data.codec()
+            suffix = getattr(codec, "suffix", None) or (".png" if codec.kind == "image" else ".txt")
+            path = self.run_dir / "samples" / f"step_{self.step:06d}{suffix}"
+            path.parent.mkdir(exist_ok=True)
+            gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 3, self.step))
+            with self._autocast():
+                x = self.method.sample(self.eval_model, self.tc.num_samples,
+                                       steps=self.tc.eval_steps, generator=gen)
+            codec.render(x.cpu(), out=path)
+        distributed.barrier(self.dist)
+        return path
+
+
+# ----- RNG states as JSON --------------------------------------------------------------------
+def _get_rng(generator: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state().tolist(),
+             "generator": generator.get_state().tolist(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng(state: dict, generator: torch.Generator) -> None:
+    as_bytes = lambda v: torch.tensor(v, dtype=torch.uint8)  # noqa: E731
+    torch.set_rng_state(as_bytes(state["torch"]))
+    generator.set_state(as_bytes(state["generator"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([as_bytes(s) for s in state["cuda"]])
