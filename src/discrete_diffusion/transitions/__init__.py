@@ -1,6 +1,7 @@
 """Forward processes q(x_t | x_{t-1}) = Cat(x_{t-1} Q_t); see `base.Transition`."""
 
 from discrete_diffusion.transitions.absorbing import Absorbing
+from discrete_diffusion.transitions.autoregressive import Autoregressive
 from discrete_diffusion.transitions.base import Transition
 from discrete_diffusion.transitions.dense import Dense, DenseTransition
 from discrete_diffusion.transitions.gaussian import DiscretizedGaussian
@@ -10,6 +11,7 @@ from discrete_diffusion.transitions.uniform import Uniform
 
 __all__ = [
     "Absorbing",
+    "Autoregressive",
     "Dense",
     "DenseTransition",
     "DiscretizedGaussian",
