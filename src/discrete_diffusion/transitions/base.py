@@ -96,6 +96,21 @@ class Transition(ABC):
     def config(self) -> dict:
         """JSON-serialisable constructor arguments (tensors excluded: see `Dense`)."""
 
+    def table_bytes(self) -> int:
+        """Bytes held by precomputed tables (every tensor attribute, also inside lists, tuples
+        and dicts); benchmarks report it as the memory cost of a process."""
+        return sum(_nbytes(v) for v in vars(self).values())
+
     def to(self, device: torch.device | str) -> Transition:
         """Move precomputed tables to `device` (default: no tables, nothing to move)."""
         return self
+
+
+def _nbytes(value: object) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
