@@ -50,3 +50,11 @@ def constant(num_steps: int, beta: float) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"constant schedule needs 0 <= beta <= 1, got {beta}")
     return torch.full((num_steps,), float(beta), dtype=torch.float64)
+
+
+def mutual_information(transition, num_steps: int, data_marginal: Tensor, **kwargs) -> Tensor:
+    """beta_t with I(x_t; x_0) = (1 - t/T) H(x_0) for x_0 ~ `data_marginal` (paper section
+    3.2); see `discrete_diffusion.mutual_info.mutual_information` for the method and options."""
+    from discrete_diffusion.mutual_info import mutual_information as solve
+
+    return solve(transition, num_steps, data_marginal, **kwargs)
