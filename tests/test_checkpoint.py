@@ -1,0 +1,166 @@
+"""Checkpoints: exact resume (also after Ctrl-C), corrupt files, mismatched models, pruning,
+and run folders that are never overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from discrete_diffusion.training.builders import build_data, load_trained
+from discrete_diffusion.training.checkpoint import (
+    flatten_optimizer,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    unflatten_optimizer,
+)
+from discrete_diffusion.training.config import config_from_dict
+from discrete_diffusion.training.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+def tiny_config(model: dict | None = None, **train):
+    raw = {
+        "data": {"kind": "synthetic", "vocab_size": 4, "seq_len": 6, "num_train": 40,
+                 "num_eval": 16},
+        "model": {"kind": "mlp", "hidden": 32, "layers": 1, "embed_dim": 8, **(model or {})},
+        "method": {"kind": "diffusion", "transition": "uniform", "schedule": "cosine",
+                   "num_steps": 10},
+        "train": {"steps": 8, "batch_size": 8, "lr": 1e-2, "warmup_steps": 3, "log_every": 2,
+                  "eval_every": 0, "ckpt_every": 4, "ema_decay": 0.5, "grad_accum": 2,
+                  "device": "cpu", **train},
+    }
+    return config_from_dict(raw)
+
+
+def make(run_dir, resume=False, model=None, **train) -> Trainer:
+    config = tiny_config(model, **train)
+    return Trainer(config, build_data(config, None), run_dir, resume=resume, progress=False)
+
+
+def state_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    out.update({f"ema.{k}": v.clone() for k, v in trainer.ema.model.state_dict().items()})
+    tensors, _ = flatten_optimizer(trainer.optimizer.state_dict())
+    out.update({f"opt.{k}": v.clone() for k, v in tensors.items()})
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_is_exact(tmp_path):
+    # 8 steps in one go vs 4 steps, a fresh process state, and 4 more (5 epochs of 40 examples
+    # in batches of 8: the data position crosses epoch boundaries)
+    straight = make(tmp_path / "a")
+    straight.fit()
+    first = make(tmp_path / "b", steps=4)
+    first.fit()
+    torch.manual_seed(123)  # disturb the global RNG: resume must restore it
+    second = make(tmp_path / "b", resume=True)
+    assert second.step == 4
+    second.fit()
+    assert_same(state_of(straight), state_of(second))
+
+
+def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
+    straight = make(tmp_path / "a", ckpt_every=0)
+    straight.fit()
+    broken = make(tmp_path / "b", ckpt_every=0)
+    real_step = Trainer.train_step
+
+    def interrupting(self):
+        if self.step == 5:
+            next(self.batches)  # half-way through a step: data already consumed
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b/checkpoints")] == [5]
+    resumed = make(tmp_path / "b", resume=True, ckpt_every=0)
+    resumed.fit()
+    assert_same(state_of(straight), state_of(resumed))
+
+
+def test_keeps_the_last_checkpoints_and_points_to_the_latest(tmp_path):
+    make(tmp_path / "r", steps=8, ckpt_every=2, keep_checkpoints=2).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "r/checkpoints")] == [6, 8]
+    assert resolve_checkpoint(tmp_path / "r").name == "step_000008.json"
+    assert sorted(p.name for p in (tmp_path / "r/checkpoints").iterdir()) == sorted(
+        [f"step_00000{s}{ext}" for s in (6, 8)
+         for ext in (".json", ".safetensors", ".ema.safetensors", ".optim.safetensors")]
+        + ["latest.json"])
+    state = json.loads((tmp_path / "r/checkpoints/step_000008.json").read_text())
+    assert state["step"] == 8 and state["kinds"]["model"] == "mlp"
+    assert state["shapes"]["embed.weight"] == [4, 8]
+
+
+def test_optimizer_flattening_round_trips(tmp_path):
+    trainer = make(tmp_path / "r", steps=2, ckpt_every=0)
+    trainer.fit()
+    original = trainer.optimizer.state_dict()
+    tensors, meta = flatten_optimizer(original)
+    again = unflatten_optimizer(tensors, json.loads(json.dumps(meta)))
+    assert again["state"].keys() == original["state"].keys()
+    for pid, entries in original["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(again["state"][pid][name], value)
+    assert again["param_groups"][0]["lr"] == original["param_groups"][0]["lr"]
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+    make(tmp_path / "r", steps=4).fit()
+    weights = tmp_path / "r/checkpoints/step_000004.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated") as err:
+        load_trained(tmp_path / "r")
+    assert "\n" not in str(err.value)
+    (tmp_path / "r/checkpoints/step_000004.json").write_text('{"step": 4, "con')
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "r")
+
+
+def test_checkpoint_of_another_model_names_the_parameter(tmp_path):
+    make(tmp_path / "small", steps=4).fit()
+    wrong = make(tmp_path / "big", steps=1, model={"hidden": 48})
+    ckpt = load_checkpoint(tmp_path / "small")
+    from discrete_diffusion.training.checkpoint import load_weights
+
+    with pytest.raises(ValueError, match=r"parameter 'proj_in.weight' has shape \[32, 48\] in "
+                                         r"the checkpoint but \[48, 48\]"):
+        load_weights(wrong.model, ckpt.weights, ckpt.path)
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    make(tmp_path / "r", steps=4).fit()
+    before = (tmp_path / "r/checkpoints/step_000004.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds checkpoints; pass --resume"):
+        make(tmp_path / "r", steps=4)
+    with pytest.raises(ValueError, match=r"different config \(train.lr differ"):
+        make(tmp_path / "r", resume=True, lr=0.5)
+    assert (tmp_path / "r/checkpoints/step_000004.safetensors").read_bytes() == before
+    # a folder holding another config but no checkpoint yet is protected too
+    (tmp_path / "s").mkdir()
+    make(tmp_path / "s", steps=1, ckpt_every=0, eval_every=0)  # writes config.yaml only
+    with pytest.raises(ValueError, match="holds a different config"):
+        make(tmp_path / "s", lr=0.5)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t/notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a run"):
+        make(tmp_path / "t")
+
+
+def test_resume_may_extend_the_run(tmp_path):
+    make(tmp_path / "r", steps=4).fit()
+    longer = make(tmp_path / "r", resume=True, steps=6)
+    assert longer.step == 4
+    assert longer.fit()["step"] == 6
