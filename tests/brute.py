@@ -152,3 +152,48 @@ def assert_structured_matches_dense(tr: Transition, seed: int = 0) -> None:
     got = tr.log_cumulative(x, t_mixed)
     for b in range(2):
         assert_log_close(got[b], cumulative(tr, int(t_mixed[b]))[x[b]].log())
+
+
+class RandomDenoiser:
+    """A fixed random denoiser over sequences [B, L]: logits at position j depend on t, on
+    x_t[j] and on the next position's x_t, so terms of a bound depend on the whole x_t."""
+
+    def __init__(self, num_classes: int, num_steps: int, seed: int = 0, scale: float = 2.0):
+        gen = torch.Generator().manual_seed(seed)
+        k = num_classes
+        self.own = torch.randn(num_steps + 1, k, k, generator=gen) * scale
+        self.next = torch.randn(k, k, generator=gen) * scale
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        own = self.own[t[:, None], x_t]  # [B, L, K]
+        return own + self.next[x_t.roll(-1, dims=1)]
+
+
+def expected_bound(tr: Transition, denoiser, x_0: Tensor, grid: list[int]) -> float:
+    """E over x_t of the bound of `D3PM.nll_bound` on one sequence x_0 [L], by enumeration of
+    every x_t and dense Bayes' rule / eq. (4) per position (nats)."""
+    length, k = x_0.shape[0], tr.num_classes
+    log_pi = tr.stationary().log()
+    q_T = cumulative(tr, tr.num_steps)[x_0]
+    total = float(sum(_kl(q_T[j], log_pi) for j in range(length)))
+    for s, t in zip(grid[:-1], grid[1:]):
+        q_t = cumulative(tr, t)
+        for x_t in all_sequences(k, length):
+            prob = float(torch.prod(q_t[x_0, x_t]))
+            if prob == 0.0:
+                continue
+            p_tilde = denoiser(x_t[None], torch.tensor([t]))[0].double().softmax(-1)
+            for j in range(length):
+                p = eq4(tr, p_tilde[j], int(x_t[j]), s, t)
+                if s == 0:
+                    total += prob * float(-p[x_0[j]].log())
+                else:
+                    onehot = torch.nn.functional.one_hot(x_0[j], k).double()
+                    q = bayes_posterior(tr, onehot, int(x_t[j]), s, t)
+                    total += prob * _kl(q, p.log())
+    return total
+
+
+def _kl(p: Tensor, log_q: Tensor) -> float:
+    mask = p > 0
+    return float((p[mask] * (p[mask].log() - log_q[mask])).sum())

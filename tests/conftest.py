@@ -28,6 +28,9 @@ def random_rate(num_classes: int, seed: int = 0) -> torch.Tensor:
     return off - torch.diag(off.sum(1))
 
 
+# The tests are tiny: one thread avoids oversubscribing a shared machine.
+torch.set_num_threads(1)
+
 # name -> builder of a set-up process; each is tiny and exercises a different structure.
 PROCESSES: dict[str, Callable[[], dd.D3PM]] = {
     "uniform": lambda: dd.D3PM(Uniform(4), schedules.linear(5, 0.05, 0.6)),
