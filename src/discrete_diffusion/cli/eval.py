@@ -67,14 +67,18 @@ def run(args: argparse.Namespace) -> int:
     data = build_data(trained.config, args.data)
     check_data_matches(data, trained.info)
     steps_list = args.steps or [None]
+    for steps in args.steps or []:
+        if not 1 <= steps <= trained.method.num_steps:
+            raise ValueError(f"--steps {steps}: the number of inference steps must be in "
+                             f"1..T = {trained.method.num_steps}")
     total = min(data.num_examples(args.split), args.max_examples or 10**18)
-    bar = tqdm(total=total, desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True)
     gen = torch.Generator(device).manual_seed(args.seed)
     batches = data.eval_batches(args.split, args.batch_size, max_examples=args.max_examples)
-    entries = evaluate_bound(trained.method, trained.model, batches, steps_list, gen,
-                             unit=trained.info.unit, device=device,
-                             progress=lambda n: bar.update(n - bar.n))
-    bar.close()
+    with tqdm(total=total, desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True,
+              leave=False) as bar:
+        entries = evaluate_bound(trained.method, trained.model, batches, steps_list, gen,
+                                 unit=trained.info.unit, device=device,
+                                 progress=lambda n: bar.update(n - bar.n))
     results = []
     for entry in entries:
         result = named_result({**entry, "steps": entry["steps"] or trained.method.num_steps})
