@@ -114,3 +114,16 @@ def test_rejects_bad_arguments() -> None:
         MaskUniform(4, 3, torch.tensor([1.5], dtype=F64))
     with pytest.raises(ValueError, match="uniform_betas"):
         D3PM(MaskUniform(4, 3, torch.zeros(3, dtype=F64)), schedules.jsd(5))
+
+
+def test_soft_cumulative_when_p_tilde_is_almost_sure_of_the_mask() -> None:
+    proc = _process(k=4, mask=3, steps=3)
+    tr = proc.transition
+    for p_mask in (1.0 - 1e-6, 1.0):
+        p = torch.tensor([(1 - p_mask) / 3] * 3 + [p_mask], dtype=F64).view(1, 1, 4)
+        for t in range(4):
+            got = tr.log_cumulative_soft(p.log(), torch.tensor([t]))
+            expected = (p[0] @ tr.cumulative_matrix(t)).log()
+            finite = torch.isfinite(expected)
+            assert torch.equal(torch.isfinite(got[0]), finite)
+            torch.testing.assert_close(got[0][finite], expected[finite], rtol=1e-9, atol=1e-9)

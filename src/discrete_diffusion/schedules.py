@@ -52,7 +52,9 @@ def constant(num_steps: int, beta: float) -> Tensor:
     return torch.full((num_steps,), float(beta), dtype=torch.float64)
 
 
-def mutual_information(transition, num_steps: int, data_marginal: Tensor, **kwargs) -> Tensor:
+def mutual_information(
+    transition: object, num_steps: int, data_marginal: Tensor, **kwargs: object
+) -> Tensor:
     """beta_t with I(x_t; x_0) = (1 - t/T) H(x_0) for x_0 ~ `data_marginal` (paper section
     3.2); see `discrete_diffusion.mutual_info.mutual_information` for the method and options."""
     from discrete_diffusion.mutual_info import mutual_information as solve

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from discrete_diffusion.categorical import uniform_noise
+from discrete_diffusion.categorical import log1mexp, uniform_noise
 from discrete_diffusion.transitions.base import Transition
 from discrete_diffusion.transitions.uniform import check_betas, keep_tables, log_keep_span
 
@@ -129,16 +129,16 @@ class MaskUniform(Transition):
 
     # ----- structured operations ------------------------------------------------------------
     def _log_rows(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """log Q_{s->t}[x, :], float32 [B, ..., K]."""
+        """log Q_{s->t}[x, :], float32 [B, ..., K]; one pass over the output."""
         log_a, log_1ma, log_same, log_other = self._span_logs(s, t)
         m, nd = self.mask_index, x.dim()
-        out = _per_example(log_a + log_other, nd + 1).expand(*x.shape, self.num_classes).clone()
-        out[..., m] = _per_example(log_1ma, nd)
         is_mask = x == m
-        same = torch.where(is_mask, 0.0, _per_example(log_a + log_same, nd))
-        out.scatter_(-1, x.unsqueeze(-1), same.unsqueeze(-1))
         # a masked x stays masked: -inf off the mask
-        return out.masked_fill_(is_mask.unsqueeze(-1) & (self._arange(x) != m), _NEG_INF)
+        off = torch.where(is_mask.unsqueeze(-1), _NEG_INF, _per_example(log_a + log_other, nd + 1))
+        out = off.expand(*x.shape, self.num_classes).clone()
+        out[..., m] = torch.where(is_mask, 0.0, _per_example(log_1ma, nd))
+        same = torch.where(is_mask, 0.0, _per_example(log_a + log_same, nd))
+        return out.scatter_(-1, x.unsqueeze(-1), same.unsqueeze(-1))
 
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
         return self._log_rows(x_0, torch.zeros_like(t), t)
@@ -159,19 +159,47 @@ class MaskUniform(Transition):
 
     def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
         """p Qbar_t: real j get a (b p_j + (1-b)/R P), the mask gets p_m + (1-a) P, where
-        P = sum of p over the real tokens."""
+        P = 1 - p_m is the mass on the real tokens.
+
+        Computed as log(p_j b / P + (1-b)/R) + log P + log a (four passes over [.., K]): the
+        first term is a mixture of O(1) numbers, and where b = 1 (no uniform noise yet) the
+        exact log p_j is used instead.
+        """
         log_a, log_1ma, _, log_other = self._span_logs(torch.zeros_like(t), t)
         log_b, _ = log_keep_span(*self.uniform_keep, torch.zeros_like(t), t)
         m, nd, dt = self.mask_index, log_x0.dim(), log_x0.dtype
         log_pm = log_x0[..., m]
-        log_real = torch.logsumexp(log_x0.index_fill(-1, self._mask_tensor(log_x0), _NEG_INF),
-                                   dim=-1, keepdim=True)
-        out = torch.logaddexp(log_x0 + _per_example(log_b, nd, dt),
-                              log_real + _per_example(log_other, nd, dt))
-        out = out + _per_example(log_a, nd, dt)
+        log_real = self._log_real_mass(log_x0, log_pm).unsqueeze(-1)  # log P, [..., 1]
+        # floor log P at log(tiny): P = 0 (p~ sure of the mask) then gives -inf, not NaN
+        log_real_safe = log_real.clamp(min=math.log(torch.finfo(dt).tiny))
+        scale = (_per_example(log_b, nd, dt) - log_real_safe).exp()  # b / P
+        mixed = torch.addcmul(_per_example(log_other.exp(), nd, dt), log_x0.exp(), scale).log_()
+        if bool((log_other == _NEG_INF).any()):  # b = 1 for some example: exact logs there
+            exact = _per_example(log_other == _NEG_INF, nd, torch.bool)
+            mixed = torch.where(exact, log_x0 - log_real_safe, mixed)
+        out = mixed.add_(log_real + _per_example(log_a, nd, dt))
         out[..., m] = torch.logaddexp(log_pm, log_real.squeeze(-1)
                                       + _per_example(log_1ma, nd - 1, dt))
         return out
+
+    def _log_real_mass(self, log_x0: Tensor, log_pm: Tensor) -> Tensor:
+        """log P = log(1 - p_m) for normalised p; a log-sum-exp over the real tokens where
+        p_m is so close to 1 that 1 - p_m would lose precision."""
+        log_real = log1mexp(log_pm.clamp(max=0.0))
+        near_one = log_pm > -1e-3
+        if bool(near_one.any()):
+            exact = torch.logsumexp(self._real_part(log_x0), dim=-1)
+            log_real = torch.where(near_one, exact, log_real)
+        return log_real
+
+    def _real_part(self, log_x0: Tensor) -> Tensor:
+        """log p over the real tokens only (a view when the mask is first or last)."""
+        m, k = self.mask_index, self.num_classes
+        if m == k - 1:
+            return log_x0[..., : k - 1]
+        if m == 0:
+            return log_x0[..., 1:]
+        return log_x0.index_fill(-1, self._mask_tensor(log_x0), _NEG_INF)
 
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
@@ -188,9 +216,6 @@ class MaskUniform(Transition):
         real = torch.where(u[1] < _per_example(log_b.exp(), nd).to(u.device), x_0, fresh)
         unmasked = (u[0] < _per_example(log_a.exp(), nd).to(u.device)) & (x_0 != m)
         return torch.where(unmasked, real, torch.full_like(x_0, m))
-
-    def _arange(self, x: Tensor) -> Tensor:
-        return torch.arange(self.num_classes, device=x.device)
 
     def _mask_tensor(self, x: Tensor) -> Tensor:
         return torch.tensor([self.mask_index], device=x.device)
