@@ -48,9 +48,13 @@ class Autoregressive:
         logits = model(inputs).float()[..., : self.num_data_classes]
         return torch.log_softmax(logits, dim=-1)
 
+    @torch.no_grad()
     def nll(self, model: nn.Module, x_0: Tensor, steps: int | None = None,
             generator: torch.Generator | None = None) -> Tensor:
         """Exact -log p(x_0) in nats per example [B]; `steps` and `generator` are unused."""
+        return self._nll(model, x_0)
+
+    def _nll(self, model: nn.Module, x_0: Tensor) -> Tensor:
         self._check(x_0)
         logp = self.log_probs(model, self.shift_right(x_0))
         token_nll = -logp.gather(-1, x_0[..., None]).squeeze(-1)
@@ -59,7 +63,7 @@ class Autoregressive:
     def losses(self, model: nn.Module, x_0: Tensor,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """{"loss", "bound"}: the exact NLL in nats [B] (no timestep, so no "t")."""
-        nll = self.nll(model, x_0)
+        nll = self._nll(model, x_0)
         return {"loss": nll, "bound": nll}
 
     @torch.no_grad()
