@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from discrete_diffusion.data.base import ArrayBatches
+from discrete_diffusion.data.base import ArrayBatches, DataInfo
 from discrete_diffusion.data.synthetic import Config as SyntheticConfig
 from discrete_diffusion.data.synthetic import MarkovChain, SyntheticData
+from discrete_diffusion.methods.diffusion import Config, DiffusionMethod
+from discrete_diffusion.networks.mlp import MLPDenoiser
 from discrete_diffusion.training.builders import build_data
 from discrete_diffusion.training.config import config_from_dict
 from discrete_diffusion.training.ema import EMA
@@ -165,3 +167,36 @@ def test_batches_shard_by_rank_and_resume():
     resumed = ArrayBatches(data, 4, seed=3, state=json.loads(json.dumps(state)))
     for _ in range(4):
         assert torch.equal(next(one), next(resumed))
+
+
+@pytest.mark.parametrize("transition,schedule", [
+    ("uniform", "cosine"), ("absorbing", "jsd"), ("gaussian", "linear"),
+    ("mask_uniform", "jsd"), ("nearest_neighbor", "constant"), ("uniform", "mutual_information"),
+])
+def test_every_transition_trains_one_step(transition, schedule):
+    gen = torch.Generator().manual_seed(0)
+    info = DataInfo(num_classes=5, example_shape=(3,), marginal=torch.full((5,), 0.2),
+                    embeddings=torch.randn(5, 4, generator=gen, dtype=torch.float64))
+    method = DiffusionMethod(Config(transition=transition, schedule=schedule, num_steps=6,
+                                    beta_start=0.1, beta_stop=0.3, knn=2), info)
+    masked = transition in ("absorbing", "mask_uniform")
+    assert method.num_classes == (6 if masked else 5)
+    assert method.mask_index == (5 if masked else None)
+    model = MLPDenoiser((3,), method.num_classes, hidden=8, layers=1, embed_dim=4)
+    x_0 = torch.randint(0, 5, (4, 3), generator=gen)
+    out = method.losses(model, x_0, generator=gen)
+    out["loss"].mean().backward()
+    assert torch.isfinite(out["bound"]).all() and model.embed.weight.grad is not None
+    assert method.sample(model, 2, steps=3, generator=gen).shape == (2, 3)
+
+
+def test_mask_of_the_data_and_missing_arrays():
+    grey = DataInfo(num_classes=5, example_shape=(2,), mask_index=2)
+    method = DiffusionMethod(Config(transition="absorbing", num_steps=4), grey)
+    assert method.num_classes == 5 and method.mask_index == 2
+    bare = DataInfo(num_classes=5, example_shape=(2,), name="bare")
+    with pytest.raises(ValueError, match="nearest_neighbor transition needs token embeddings"):
+        DiffusionMethod(Config(transition="nearest_neighbor", num_steps=4), bare)
+    with pytest.raises(ValueError, match="needs the data marginal"):
+        DiffusionMethod(Config(transition="uniform", schedule="mutual_information",
+                               num_steps=4), bare)
