@@ -186,8 +186,10 @@ def test_every_transition_trains_one_step(transition, schedule):
     x_0 = torch.randint(0, 5, (4, 3), generator=gen)
     out = method.losses(model, x_0, generator=gen)
     out["loss"].mean().backward()
-    assert torch.isfinite(out["bound"]).all() and model.embed.weight.grad is not None
-    assert method.sample(model, 2, steps=3, generator=gen).shape == (2, 3)
+    assert torch.isfinite(out["bound"]).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    samples = method.sample(model, 64, steps=3, generator=gen)
+    assert samples.shape == (64, 3) and samples.max() < 5  # an added mask is never an x_0
 
 
 def test_mask_of_the_data_and_missing_arrays():

@@ -3,7 +3,8 @@
 The transition and schedule names are dispatched here, once, at build time. Masks: when the
 transition needs an absorbing state and the data has none (`info.mask_index is None`), the model
 predicts over K = K_data + 1 classes with the mask at id K_data; otherwise K = K_data and the
-mask is `info.mask_index` (images: grey 128).
+mask is `info.mask_index` (images: grey 128). An added mask token is never a value of x_0, so
+p~(x_0 | x_t) gives it no mass (its logit is replaced by NO_MASS before the process sees it).
 """
 
 from __future__ import annotations
@@ -116,9 +117,22 @@ def build_process(cfg: Config, info: DataInfo) -> tuple[dd.D3PM, int | None]:
     return dd.D3PM(tr, betas), mask
 
 
-def _float_logits(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-    """The model as a denoiser returning float32 logits (bf16 autocast gives bf16)."""
-    return lambda x_t, t: model(x_t, t).float()
+# The logit of an added mask token in p~(x_0 | x_t): x_0 is data, so the mask gets no mass.
+# A large finite value rather than -inf keeps every gradient of the posterior finite.
+NO_MASS = -1e9
+
+
+def _float_logits(model: nn.Module, excluded: int | None = None) -> Callable[[Tensor, Tensor],
+                                                                             Tensor]:
+    """The model as a denoiser returning float32 logits (bf16 autocast gives bf16), with the
+    logit of class `excluded` (an added mask token) set to NO_MASS."""
+    def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
+        logits = model(x_t, t).float()
+        if excluded is not None:
+            logits = logits.index_fill(-1, torch.tensor([excluded], device=logits.device),
+                                       NO_MASS)
+        return logits
+    return denoiser
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -134,6 +148,9 @@ class DiffusionMethod:
         self.process, self.mask_index = build_process(cfg, info)
         self.num_classes = self.process.num_classes
         self.num_steps = self.process.num_steps
+        # an added mask token (id K_data) is never a value of x_0; a mask that is a data value
+        # (images: grey 128) is
+        self.excluded = self.mask_index if self.mask_index == info.num_classes else None
 
     def to(self, device: torch.device | str) -> DiffusionMethod:
         self.process.to(device)
@@ -142,7 +159,8 @@ class DiffusionMethod:
     def losses(self, model: nn.Module, x_0: Tensor,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """`D3PM.training_losses` with the configured loss: "loss", "vb", "ce", "bound", "t"."""
-        return self.process.training_losses(_float_logits(model), x_0, loss=self.cfg.loss,
+        denoiser = _float_logits(model, self.excluded)
+        return self.process.training_losses(denoiser, x_0, loss=self.cfg.loss,
                                             hybrid_lambda=self.cfg.hybrid_lambda,
                                             generator=generator,
                                             time_sampling=self.cfg.time_sampling)
@@ -166,8 +184,8 @@ class DiffusionMethod:
         """Per-example bound in nats [B] over `D3PM.timestep_grid(steps=steps)` (None = all T
         steps): L_T + the KL terms between grid points + L_0."""
         self._check_steps(steps)
-        return self.process.nll_bound(_float_logits(model), x_0, steps=steps,
-                                      generator=generator)
+        return self.process.nll_bound(_float_logits(model, self.excluded), x_0,
+                                      steps=steps, generator=generator)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, steps: int | None = None,
@@ -189,9 +207,9 @@ class DiffusionMethod:
         if fixed is not None:
             fixed = (fixed[0].to(device).expand(shape), fixed[1].to(device).expand(shape))
         if start is None:
-            return self.process.sample(_float_logits(model), shape, generator=generator,
-                                       fixed=fixed, return_trajectory=trajectory, steps=steps,
-                                       device=device)
+            return self.process.sample(_float_logits(model, self.excluded), shape,
+                                       generator=generator, fixed=fixed,
+                                       return_trajectory=trajectory, steps=steps, device=device)
         return self._sample_from(model, start, steps, generator, fixed, trajectory)
 
     def _sample_from(self, model, start, steps, generator, fixed, trajectory):
@@ -201,7 +219,7 @@ class DiffusionMethod:
             raise ValueError(f"start step {t} outside 0..{self.num_steps}")
         grid = [g for g in self.process.timestep_grid(steps=steps or self.num_steps) if g < t]
         path = [(t, x_t)]
-        denoiser = _float_logits(model)
+        denoiser = _float_logits(model, self.excluded)
         for s in reversed(grid):
             if fixed is not None:
                 x_t = torch.where(fixed[0], fixed[1], x_t)
