@@ -174,3 +174,37 @@ def test_unknown_split(text_file) -> None:
     with pytest.raises(ValueError, match="unknown split"):
         src.num_examples("dev")
     assert src.num_examples("valid") == src.num_examples("validation")
+
+
+TINY = ["data.seq_len=16", "model.num_layers=1", "model.d_model=16", "model.num_heads=2",
+        "model.mlp_dim=32", "train.batch_size=4", "train.eval_every=0", "train.log_every=1",
+        "train.ckpt_every=0", "train.eval_examples=0"]
+
+
+@pytest.mark.parametrize(("preset", "extra"), [
+    ("text8-absorbing-cpu-small", ["method.num_steps=10"]),
+    ("text8-ar-cpu-small", []),
+])
+def test_cli_train_eval_sample(tmp_path, text_file, capsys, preset, extra) -> None:
+    import json
+    from pathlib import Path
+
+    from discrete_diffusion.cli.main import main
+
+    config = Path(__file__).resolve().parent.parent / "configs" / f"{preset}.yaml"
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--data", str(text_file), "--out", str(run),
+                 "--steps", "2", "--no-progress", *TINY, *extra]) == 0
+    out = tmp_path / "eval.json"
+    steps = ["10", "5"] if extra else []
+    assert main(["eval", "--checkpoint", str(run), "--data", str(text_file), "--max-examples",
+                 "3", "--json", str(out), *(["--steps", *steps] if steps else [])]) == 0
+    results = json.loads(out.read_text())
+    rows = results if isinstance(results, list) else results.get("results", [results])
+    assert rows and all(0 < r["bits_per_char"] < 20 and r["num_sequences"] == 3 for r in rows)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(run), "--num", "2",
+                 *(["--steps", "5"] if extra else [])]) == 0
+    lines = [s for s in capsys.readouterr().out.splitlines() if len(s) == 16]
+    # 2 updates leave p~(x_0 | x_t) some mass on the mask, which may show as '_'
+    assert len(lines) >= 2 and all(set(s) <= set(text8.ALPHABET + "_") for s in lines[:2])
