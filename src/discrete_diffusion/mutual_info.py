@@ -67,6 +67,7 @@ def mutual_information_of(cumulative: Tensor, marginal: Tensor) -> float:
     0 log 0 = 0 throughout (marginals may hold zeros, e.g. at the mask).
     """
     joint_rows = cumulative.to(F64)
+    marginal = marginal.to(joint_rows.device, F64)
     p_t = marginal @ joint_rows
     h_t = -torch.special.xlogy(p_t, p_t).sum()
     h_rows = -torch.special.xlogy(joint_rows, joint_rows).sum(-1)
