@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-
+import brute
 import pytest
 import torch
 
@@ -13,57 +12,17 @@ from discrete_diffusion.transitions import DiscretizedGaussian, Transition
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
-    """Compare log probabilities: equal -inf patterns, finite entries within atol."""
-    a, b = a.double(), b.double()
-    assert torch.equal(torch.isinf(a), torch.isinf(b))
-    finite = torch.isfinite(b)
-    torch.testing.assert_close(a[finite], b[finite], rtol=1e-5, atol=atol)
+    brute.assert_log_close(a, b, atol)
 
 
 def check_against_dense(tr: Transition, seed: int = 0, invariant_prior: bool = True) -> None:
     """Every structured operation of `tr` equals its dense counterpart (tiny K and T), and
     (if `invariant_prior`) the stationary distribution is invariant under every Q_t."""
-    k, steps = tr.num_classes, tr.num_steps
-    gen = torch.Generator().manual_seed(seed)
-    qbar = torch.eye(k, dtype=torch.float64)
-    torch.testing.assert_close(tr.cumulative_matrix(0), qbar)
-    for t in range(1, steps + 1):
-        q_t = tr.transition_matrix(t)
-        assert (q_t >= 0).all()
-        torch.testing.assert_close(q_t.sum(1), torch.ones(k, dtype=torch.float64))
-        qbar = qbar @ q_t
-        torch.testing.assert_close(tr.cumulative_matrix(t), qbar, rtol=1e-9, atol=1e-12)
-    x = torch.arange(k).repeat(2).view(2, k)  # [B=2, L=K]: every state, two examples
-    log_p = torch.log_softmax(torch.randn(2, k, k, generator=gen) * 2, -1)
-    for t in range(steps + 1):
-        tt = torch.tensor([t, t])
-        qbar_t = tr.cumulative_matrix(t)
-        _close(tr.log_cumulative(x, tt), qbar_t[x].log())
-        _close(tr.log_cumulative_soft(log_p, tt), (log_p.double().exp() @ qbar_t).log())
-    for s, t in itertools.combinations(range(steps + 1), 2):
-        span = torch.eye(k, dtype=torch.float64)
-        for u in range(s + 1, t + 1):
-            span = span @ tr.transition_matrix(u)
-        got = tr.log_transition_column(x, torch.tensor([s, s]), torch.tensor([t, t]))
-        _close(got, span[:, x].permute(1, 2, 0).log())
-    # mixed spans in one batch (a strided evaluation grid)
-    if steps >= 3:
-        s_, t_ = torch.tensor([0, 1]), torch.tensor([2, 3])
-        got = tr.log_transition_column(x, s_, t_)
-        for b in range(2):
-            _close(got[b : b + 1], tr.log_transition_column(x[b : b + 1], s_[b : b + 1],
-                                                             t_[b : b + 1]))
+    brute.assert_structured_matches_dense(tr, seed)
     pi = tr.stationary()
     torch.testing.assert_close(pi.sum(), torch.tensor(1.0, dtype=torch.float64))
-    for t in range(1, steps + 1 if invariant_prior else 1):
+    for t in range(1, tr.num_steps + 1 if invariant_prior else 1):
         torch.testing.assert_close(pi @ tr.transition_matrix(t), pi)
-
-
-def _span(tr: Transition, s: int, t: int) -> torch.Tensor:
-    out = torch.eye(tr.num_classes, dtype=torch.float64)
-    for u in range(s + 1, t + 1):
-        out = out @ tr.transition_matrix(u)
-    return out
 
 
 def check_process_against_dense(proc: D3PM, seed: int = 0) -> None:
@@ -76,7 +35,7 @@ def check_process_against_dense(proc: D3PM, seed: int = 0) -> None:
     logits = torch.randn(k, k, k, generator=gen) * 2
     spans = [(t - 1, t) for t in range(1, steps + 1)] + [(0, steps), (1, steps)] * (steps > 2)
     for s, t in spans:
-        q_span, qbar_s = _span(tr, s, t), tr.cumulative_matrix(s)
+        q_span, qbar_s = brute.span(tr, s, t), brute.cumulative(tr, s)
         joint = qbar_s[x_0] * q_span[:, x_t].permute(1, 2, 0)  # [x_0, x_t, x_s]
         valid = joint.sum(-1) > 0  # q(x_t | x_0) > 0: the posterior exists
         bayes = (joint / joint.sum(-1, keepdim=True)).log()

@@ -23,6 +23,8 @@ and the last step is not overridden to map everything to the final token.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -204,14 +206,24 @@ class NearestNeighbor(Transition):
                 c_tok[start : start + _TOKEN_CHUNK, None] * self.eigenvalues
             )
             rows = coef @ self.eigenvectors.T
-            rows = _clean_rows(rows) if normalise else rows.clamp_(min=0.0)
+            rows = _clean_rows(rows) if normalise else _drop_round_off(rows)
             out[start : start + _TOKEN_CHUNK] = rows.log().to(out.device, torch.float32)
         return out.reshape(*x.shape, k)
 
 
+def _drop_round_off(rows: Tensor) -> Tensor:
+    """Zero the entries of V diag(.) V^T that round-off cannot tell from 0 (float64).
+
+    The product of K terms carries errors of about sqrt(K) eps: smaller entries (negative
+    ones included) are noise, and 0 is exact at c = 0 and between unconnected tokens.
+    """
+    floor = 16.0 * math.sqrt(rows.shape[-1]) * torch.finfo(torch.float64).eps
+    return rows.masked_fill_(rows < floor, 0.0)
+
+
 def _clean_rows(rows: Tensor) -> Tensor:
-    """Clamp round-off below 0 and renormalise each row to sum to one (float64)."""
-    rows = rows.clamp(min=0.0)
+    """Drop round-off (see `_drop_round_off`) and renormalise each row to sum to one."""
+    rows = _drop_round_off(rows)
     return rows / rows.sum(-1, keepdim=True)
 
 
