@@ -112,5 +112,7 @@ def test_dense_views_raise_and_bad_input_is_rejected() -> None:
         proc.cumulative_matrix(1)
     with pytest.raises(ValueError, match="length 6"):
         proc.q_probs(torch.zeros(1, N - 1, dtype=torch.long), 1)
+    everything_masked = proc.q_probs(torch.arange(K)[None], N)  # at t = T, any length
+    assert torch.equal(everything_masked.argmax(-1), torch.full((1, K), MASK))
     with pytest.raises(ValueError, match="mask_index"):
         Autoregressive(K, K, N)

@@ -105,6 +105,11 @@ class Autoregressive(Transition):
         return out.scatter_(-1, x.unsqueeze(-1), 0.0)
 
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
+        """One-hot rows of x_0 left of N - t and of the mask from there on. At t = T every
+        position is masked whatever its index, so rows of any length are accepted there (a
+        per-state table of L_T, say)."""
+        if x_0.shape[-1] != self.seq_len and bool((t == self.num_steps).all()):
+            return self._one_hot_log(torch.full_like(x_0, self.mask_index))
         keep = self._unmasked(t, x_0, -1)
         return self._one_hot_log(torch.where(keep, x_0, self.mask_index))
 
