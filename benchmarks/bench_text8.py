@@ -42,12 +42,12 @@ STEPS = (1000, 250, 20)
 
 
 def train_for_budget(preset: str, data_path: str, budget: float, run_dir: Path,
-                     seed: int) -> tuple[Trainer, int, float]:
+                     seed: int, overrides: list[str]) -> tuple[Trainer, int, float]:
     """Train `preset` until `budget` CPU seconds; returns the trainer, updates and seconds."""
     config = load_config(CONFIGS / f"{preset}.yaml",
                          [f"data.path={data_path}", f"train.seed={seed}", "train.device=cpu",
                           "train.steps=1000000000", "train.eval_every=0",
-                          "train.ckpt_every=0", "train.sample_every=0"])
+                          "train.ckpt_every=0", "train.sample_every=0", *overrides])
     data = build_data(config, data_path)  # preparation is cached: not charged to training
     trainer = Trainer(config, data, run_dir, progress=False)
     start = time.process_time()
@@ -70,7 +70,7 @@ def cpu_sample_time(method, model, steps: int | None, runs: int, seed: int) -> t
 
 def bench_one(name: str, preset: str, args: argparse.Namespace, root: Path) -> list[dict]:
     trainer, updates, spent = train_for_budget(preset, args.data, args.budget, root / preset,
-                                               args.seed)
+                                               args.seed, args.set)
     model, method, data = trainer.model.eval(), trainer.method, trainer.data
     is_ar = preset.startswith("text8-ar")
     steps_list = [None] if is_ar else list(STEPS)
@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", default=None, help="preset names to run (default all)")
+    p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                   help="config overrides applied to every preset (reported in the header)")
     p.add_argument("--runs", default=None, help="folder for the run folders (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return p.parse_args(argv)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path(args.runs) if args.runs else Path(tempfile.mkdtemp(prefix="bench_text8_"))
     print(f"# data {args.data}; budget {args.budget:.0f} CPU s per model; "
-          f"{args.threads} thread(s); runs in {root}", flush=True)
+          f"{args.threads} thread(s); overrides {args.set or 'none'}; runs in {root}",
+          flush=True)
     rows: list[dict] = []
     for name, preset in PRESETS.items():
         if args.only and preset not in args.only:
