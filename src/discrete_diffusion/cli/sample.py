@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         text = codec.render_progressive(_pick(path, trained.method.num_steps), out=args.out)
     else:
         text = codec.render(out.cpu(), out=args.out)
-    if text:
+    if text and codec.kind != "image":  # an image codec returns the file it wrote
         print(text)
     if args.out is not None:
         print(f"wrote {args.out}")

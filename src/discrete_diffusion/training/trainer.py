@@ -140,6 +140,7 @@ class Trainer:
             ckpt = None
         else:
             ckpt = None
+        distributed.barrier(self.dist)  # every rank has checked before rank 0 writes
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.config, saved)
