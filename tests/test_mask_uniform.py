@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import brute
 import pytest
 import torch
 from test_gaussian import check_against_dense, check_process_against_dense
@@ -127,3 +128,49 @@ def test_soft_cumulative_when_p_tilde_is_almost_sure_of_the_mask() -> None:
             finite = torch.isfinite(expected)
             assert torch.equal(torch.isfinite(got[0]), finite)
             torch.testing.assert_close(got[0][finite], expected[finite], rtol=1e-9, atol=1e-9)
+
+
+def _dense_kl(tr: MaskUniform, logits: torch.Tensor, x_0: int, x_t: int, s: int,
+              t: int) -> torch.Tensor:
+    """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) from Bayes' rule and eq. (4) on dense matrices."""
+    q = brute.bayes_posterior(tr, torch.eye(tr.num_classes, dtype=F64)[x_0], x_t, s, t)
+    p = brute.eq4(tr, logits.softmax(-1), x_t, s, t)
+    support = q > 0
+    return (q[support] * (q[support].log() - p[support].log())).sum()
+
+
+@pytest.mark.parametrize(
+    ("mask", "betas", "uniform", "mask_logit"),
+    [
+        (2, [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], None),
+        (4, [0.25, 1 / 3, 0.5, 1.0], [0.2, 0.0, 0.3, 0.5], None),  # jsd: a_T = 0
+        (0, [0.1, 0.3, 0.2], [0.0, 0.0, 0.0], None),  # no uniform part: c = 0
+        (2, [0.1, 0.3, 0.2], [0.2, 0.1, 1.0], float("-inf")),  # p~ never predicts the mask
+        (2, [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], 30.0),  # p~ almost sure of the mask
+    ],
+)
+def test_fused_posterior_kl_equals_dense_kl(mask: int, betas: list[float], uniform: list[float],
+                                            mask_logit: float | None) -> None:
+    k, steps = 5, len(betas)
+    tr = MaskUniform(k, mask, torch.tensor(uniform, dtype=F64))
+    D3PM(tr, torch.tensor(betas, dtype=F64))
+    gen = torch.Generator().manual_seed(5)
+    x_0 = torch.arange(k).view(k, 1).expand(k, k)
+    x_t = torch.arange(k).view(1, k).expand(k, k)
+    for s, t in itertools.combinations(range(steps + 1), 2):
+        logits = torch.randn(k, k, k, generator=gen, dtype=F64) * 2
+        if mask_logit is not None:
+            logits[..., mask] = mask_logit
+        logits.requires_grad_(True)
+        st, tt = torch.full((k,), s), torch.full((k,), t)
+        got = tr.posterior_kl(x_0, x_t, logits.log_softmax(-1), st, tt)
+        reachable = tr.cumulative_matrix(t)[x_0, x_t] > 0
+        for i, j in reachable.nonzero().tolist():
+            expected = _dense_kl(tr, logits[i, j].detach(), i, j, s, t)
+            assert got[i, j].item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-10)
+        (grad,) = torch.autograd.grad(got[reachable].sum(), logits)
+        assert torch.isfinite(grad).all()
+        i, j = reachable.nonzero()[-1].tolist()  # one gradient against the dense autograd
+        dense_logits = logits[i, j].detach().requires_grad_(True)
+        (dense_grad,) = torch.autograd.grad(_dense_kl(tr, dense_logits, i, j, s, t), dense_logits)
+        torch.testing.assert_close(grad[i, j], dense_grad, rtol=1e-7, atol=1e-9)

@@ -185,8 +185,9 @@ class MaskUniform(Transition):
     def _log_real_mass(self, log_x0: Tensor, log_pm: Tensor) -> Tensor:
         """log P = log(1 - p_m) for normalised p; a log-sum-exp over the real tokens where
         p_m is so close to 1 that 1 - p_m would lose precision."""
-        log_real = log1mexp(log_pm.clamp(max=0.0))
         near_one = log_pm > -1e-3
+        # the replaced entries get a harmless input, so no inf enters any gradient
+        log_real = log1mexp(torch.where(near_one, -1.0, log_pm))
         if bool(near_one.any()):
             exact = torch.logsumexp(self._real_part(log_x0), dim=-1)
             log_real = torch.where(near_one, exact, log_real)
@@ -200,6 +201,67 @@ class MaskUniform(Transition):
         if m == 0:
             return log_x0[..., 1:]
         return log_x0.index_fill(-1, self._mask_tensor(log_x0), _NEG_INF)
+
+    # ----- fused bound term (optional hook of D3PM) -----------------------------------------
+    def posterior_kl(
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+    ) -> Tensor:
+        """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position (eq. 3 against eq. 4), float
+        [B, ...] in the dtype of `log_x0`; at s = 0 it is -log p(x_0 | x_t).
+
+        On the real tokens both distributions share the factor q(x_t | x_s = j), so
+        log(q_j / p_j) = log(b [j = x_0] + c) + log(Z_p / Z_q) - log V_j with
+        V_j = b p~_j + c P (b, c = (1 - b)/R, a of Qbar_s; P = 1 - p~_m), and q is a constant
+        plus spikes at x_0 and x_t. The only K-wide work is sum_j log1p(b p~_j / (c P)),
+        one softplus pass; the rest is O(1) per token in float64.
+
+        Args:
+            x_0, x_t: LongTensor [B, ...].
+            log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
+            s, t: LongTensor [B], 0 <= s < t.
+        """
+        f64, nd, m, r = torch.float64, x_t.dim(), self.mask_index, self.num_classes - 1
+        zero = torch.zeros_like(s)
+        span_a, cum_a = self._span_logs(s, t), self._span_logs(zero, s)
+        (A, one_m_A, _, u), (a, one_m_a, _, c) = (
+            [_per_example(v.exp(), nd, f64) for v in logs] for logs in (span_a, cum_a))
+        B = _per_example(log_keep_span(*self.uniform_keep, s, t)[0].exp(), nd, f64)
+        b = _per_example(log_keep_span(*self.uniform_keep, zero, s)[0].exp(), nd, f64)
+        lp_m = log_x0[..., m]
+        lp_0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
+        lp_t = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+        real_mass = self._log_real_mass(log_x0, lp_m).to(f64).exp()  # P
+        p_m, p_0, p_t = (v.to(f64).exp() for v in (lp_m, lp_0, lp_t))
+        soft_m = p_m + one_m_a * real_mass
+        v_0, v_t = b * p_0 + c * real_mass, b * p_t + c * real_mass
+        is_m, same = x_t == m, (x_0 == x_t).to(f64)
+        z_q = torch.where(is_m, one_m_A * a + one_m_a, A * a * (B * (b * same + c) + u))
+        z_p = torch.where(is_m, one_m_A * a * real_mass + soft_m,
+                          A * a * (B * v_t + u * real_mass))
+        z_q = torch.where(z_q > 0, z_q, 1.0)  # 0 only where x_t cannot follow x_0
+        log_zpq = _safe_log(z_p) - z_q.log()
+        q_0 = torch.where(is_m, one_m_A, A * (B * same + u)) * a * (b + c) / z_q
+        const = a * c / z_q  # q_j / q(x_t | x_s = j) for real j != x_0
+        other = const * torch.where(is_m, one_m_A * (r - 1), A * (u * (r - 1) + B * (1 - same)))
+        # sum over real j != x_0 of D_j = log1p(b p~_j / (c P)); zero where c P = 0
+        ok = (c > 0) & (real_mass > 0)
+        log_scale = torch.where(ok, b.log() - _safe_log(c) - _safe_log(real_mass), _NEG_INF)
+        ls = log_scale.to(log_x0.dtype)
+        soft = torch.nn.functional.softplus
+        # D_j >= 0 and mostly small: a float32 sum is accurate, a float64 one costs a cast pass
+        sum_d = soft(log_x0 + ls.unsqueeze(-1)).sum(-1).to(f64)
+        sum_d = sum_d - soft(lp_m + ls).to(f64) - soft(lp_0 + ls).to(f64)
+        d_t = soft(lp_t + ls).to(f64)
+        weighted_d = const * torch.where(is_m, one_m_A * sum_d,
+                                         A * (u * sum_d + B * (1 - same) * d_t))
+        gap = torch.where(other > 0, log_zpq - _safe_log(real_mass), 0.0)
+        kl = other * gap - weighted_d + q_0 * ((b + c).log() + log_zpq - _safe_log(v_0))
+        q_m = torch.where(is_m, one_m_a / z_q, 0.0)
+        kl_m = q_m * (_safe_log(one_m_a) - _safe_log(torch.where(q_m > 0, soft_m, 1.0)) + log_zpq)
+        kl = kl + torch.where(q_m > 0, kl_m, 0.0)
+        # x_0 = m: the posterior is a point mass on the mask (x_t = m)
+        from_mask = _safe_log(z_p) - _safe_log(torch.where(x_0 == m, soft_m, 1.0))
+        return torch.where(x_0 == m, from_mask, kl).to(log_x0.dtype)
 
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
@@ -219,6 +281,12 @@ class MaskUniform(Transition):
 
     def _mask_tensor(self, x: Tensor) -> Tensor:
         return torch.tensor([self.mask_index], device=x.device)
+
+
+def _safe_log(x: Tensor) -> Tensor:
+    """log x with log 0 = -inf and no NaN gradient (the derivative at 0 is not taken)."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, 1.0).log(), _NEG_INF)
 
 
 def _per_example(c: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:
