@@ -59,6 +59,7 @@ class MaskUniform(Transition):
         self.uniform_betas = check_betas(torch.as_tensor(uniform_betas))
         self.betas: Tensor | None = None
         self.mask_keep: tuple[Tensor, Tensor] | None = None  # keep_tables of m_t
+        self.cumulative_logs: Tensor | None = None  # float64 [T+1, 5], see _span_logs
         self.uniform_keep = keep_tables(self.uniform_betas)  # keep_tables of u_t
         self._log_real = math.log(num_classes - 1)
 
@@ -70,6 +71,9 @@ class MaskUniform(Transition):
                              f"the schedule has T = {betas.shape[0]} steps")
         self.betas = betas
         self.mask_keep = keep_tables(betas)
+        steps = torch.arange(betas.shape[0] + 1)
+        # the five span logs of Qbar_t for every t, gathered in the hot paths
+        self.cumulative_logs = torch.stack(self._span_logs(torch.zeros_like(steps), steps), 1)
 
     @property
     def num_steps(self) -> int:
@@ -83,6 +87,7 @@ class MaskUniform(Transition):
         if self.betas is not None:
             self.betas = self.betas.to(device)
             self.mask_keep = tuple(v.to(device) for v in self.mask_keep)
+            self.cumulative_logs = self.cumulative_logs.to(device)
         return self
 
     def config(self) -> dict:
@@ -90,17 +95,23 @@ class MaskUniform(Transition):
                 "uniform_betas": self.uniform_betas.tolist()}
 
     # ----- span coefficients ----------------------------------------------------------------
-    def _span_logs(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _span_logs(self, s: Tensor, t: Tensor) -> tuple[Tensor, ...]:
         """Per example [B] float64: log a, log(1 - a), log of the same-token and of the
-        other-token probability given no mask: log(b + (1-b)/R), log((1-b)/R)."""
+        other-token probability given no mask, log(b + (1-b)/R) and log((1-b)/R), and log b."""
         self.num_steps  # noqa: B018 (clear error when not set up)
         log_a, log_1ma = log_keep_span(*self.mask_keep, s, t)
         log_b, log_1mb = log_keep_span(*self.uniform_keep, s, t)
         log_other = log_1mb - self._log_real
-        return log_a, log_1ma, torch.logaddexp(log_b, log_other), log_other
+        return log_a, log_1ma, torch.logaddexp(log_b, log_other), log_other, log_b
+
+    def _cumulative_logs(self, t: Tensor) -> tuple[Tensor, ...]:
+        """`_span_logs(0, t)` by one gather from the table built at setup."""
+        self.num_steps  # noqa: B018
+        table = self.cumulative_logs
+        return table[t.to(table.device)].to(t.device).unbind(-1)
 
     def _dense(self, s: int, t: int) -> Tensor:
-        logs = self._span_logs(torch.tensor([s]), torch.tensor([t]))
+        logs = self._span_logs(torch.tensor([s]), torch.tensor([t]))[:4]
         a, one_minus_a, same, other = (float(v.exp()) for v in logs)
         k, m = self.num_classes, self.mask_index
         mat = torch.full((k, k), a * other, dtype=torch.float64)
@@ -128,9 +139,10 @@ class MaskUniform(Transition):
         return out
 
     # ----- structured operations ------------------------------------------------------------
-    def _log_rows(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """log Q_{s->t}[x, :], float32 [B, ..., K]; one pass over the output."""
-        log_a, log_1ma, log_same, log_other = self._span_logs(s, t)
+    def _log_rows(self, x: Tensor, logs: tuple[Tensor, ...]) -> Tensor:
+        """log rows x of a span with `logs` from `_span_logs`, float32 [B, ..., K]; one pass
+        over the output."""
+        log_a, log_1ma, log_same, log_other, _ = logs
         m, nd = self.mask_index, x.dim()
         is_mask = x == m
         # a masked x stays masked: -inf off the mask
@@ -141,12 +153,12 @@ class MaskUniform(Transition):
         return out.scatter_(-1, x.unsqueeze(-1), same.unsqueeze(-1))
 
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
-        return self._log_rows(x_0, torch.zeros_like(t), t)
+        return self._log_rows(x_0, self._cumulative_logs(t))
 
     def log_transition_column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """Column x_t of Q_{s->t}: for real x_t, a (b [j = x_t] + (1-b)/R) at real j and 0 at
         the mask; for x_t = m, 1 - a at real j and 1 at the mask."""
-        log_a, log_1ma, log_same, log_other = self._span_logs(s, t)
+        log_a, log_1ma, log_same, log_other, _ = self._span_logs(s, t)
         m, nd = self.mask_index, x_t.dim()
         is_mask = (x_t == m).unsqueeze(-1)
         off = torch.where(is_mask, _per_example(log_1ma, nd + 1),
@@ -165,8 +177,7 @@ class MaskUniform(Transition):
         first term is a mixture of O(1) numbers, and where b = 1 (no uniform noise yet) the
         exact log p_j is used instead.
         """
-        log_a, log_1ma, _, log_other = self._span_logs(torch.zeros_like(t), t)
-        log_b, _ = log_keep_span(*self.uniform_keep, torch.zeros_like(t), t)
+        log_a, log_1ma, _, log_other, log_b = self._cumulative_logs(t)
         m, nd, dt = self.mask_index, log_x0.dim(), log_x0.dtype
         log_pm = log_x0[..., m]
         log_real = self._log_real_mass(log_x0, log_pm).unsqueeze(-1)  # log P, [..., 1]
@@ -221,12 +232,9 @@ class MaskUniform(Transition):
             s, t: LongTensor [B], 0 <= s < t.
         """
         f64, nd, m, r = torch.float64, x_t.dim(), self.mask_index, self.num_classes - 1
-        zero = torch.zeros_like(s)
-        span_a, cum_a = self._span_logs(s, t), self._span_logs(zero, s)
-        (A, one_m_A, _, u), (a, one_m_a, _, c) = (
+        span_a, cum_a = self._span_logs(s, t), self._cumulative_logs(s)
+        (A, one_m_A, _, u, B), (a, one_m_a, _, c, b) = (
             [_per_example(v.exp(), nd, f64) for v in logs] for logs in (span_a, cum_a))
-        B = _per_example(log_keep_span(*self.uniform_keep, s, t)[0].exp(), nd, f64)
-        b = _per_example(log_keep_span(*self.uniform_keep, zero, s)[0].exp(), nd, f64)
         lp_m = log_x0[..., m]
         lp_0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
         lp_t = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
@@ -268,8 +276,7 @@ class MaskUniform(Transition):
     ) -> Tensor:
         """x_t ~ q(x_t | x_0) in O(1) per token: unmasked with probability a, then kept with
         probability b, else a uniform real token."""
-        log_a, _, _, _ = self._span_logs(torch.zeros_like(t), t)
-        log_b, _ = log_keep_span(*self.uniform_keep, torch.zeros_like(t), t)
+        log_a, _, _, _, log_b = self._cumulative_logs(t)
         nd, m = x_0.dim(), self.mask_index
         u = uniform_noise((2, *x_0.shape), x_0.device, generator)
         fresh = torch.randint(self.num_classes - 1, x_0.shape, device=x_0.device,
