@@ -67,7 +67,7 @@ def test_reaches_uniform_and_cumulative_is_product() -> None:
     torch.testing.assert_close(tr.stationary(), uniform[0])
     x_0 = torch.arange(num).view(2, 5)
     prior = proc.prior_kl(x_0)
-    assert (prior >= 0).all() and (prior < 1e-6).all()
+    assert prior.abs().max() < 1e-6  # L_T = 0 up to float32 round-off
 
 
 def test_ties_are_broken_by_index_and_self_is_excluded() -> None:
