@@ -122,3 +122,22 @@ def test_user_errors_are_one_line(run, tmp_path, capsys):
     assert "--corrupt and --noise-level go together" in err
     err = error_of(capsys, ["eval", "--checkpoint", str(run_dir), "--split", "dev"])
     assert "unknown split 'dev'" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
+    from discrete_diffusion.training.trainer import Trainer
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    real_step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "r"),
+                 "--no-progress", "train.ckpt_every=0"]) == 130
+    assert "checkpoint saved at step 3" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r/checkpoints/latest.json").read_text())["step"] == 3

@@ -202,3 +202,13 @@ def test_mask_of_the_data_and_missing_arrays():
     with pytest.raises(ValueError, match="needs the data marginal"):
         DiffusionMethod(Config(transition="uniform", schedule="mutual_information",
                                num_steps=4), bare)
+
+
+def test_training_without_tensorboard_still_logs(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    trainer = train(tmp_path, steps=2)
+    assert trainer.log.writer is None
+    assert (tmp_path / "run/metrics.jsonl").read_text().count("train/loss") == 1
+    assert not (tmp_path / "run/tensorboard").exists()

@@ -78,6 +78,9 @@ class Trainer:
         self.tc = tc = config.train
         self.dist, self.device = distributed.setup(tc.device)
         self.main = self.dist.is_main
+        if tc.precision == "bf16" and self.device.type != "cuda" and self.main:
+            print(f"note: train.precision bf16 applies on CUDA only; training in fp32 on "
+                  f"{self.device}", file=sys.stderr)
         self.micro_batch = self._micro_batch()
         self.info = data.info()
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -202,16 +205,17 @@ class Trainer:
         summary: dict = {}
         bar = tqdm(total=self.tc.steps, initial=self.step, disable=not self.progress,
                    dynamic_ncols=True, file=sys.stderr)
-        last_time, units = time.perf_counter(), 0
+        busy, units = 0.0, 0  # throughput counts training time only, not evaluations
         try:
             while self.step < self.tc.steps:
                 self._snapshot = self._rank_state()
+                start = time.perf_counter()
                 units += self.train_step()
+                busy += time.perf_counter() - start
                 bar.update(1)
                 if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
-                    now = time.perf_counter()
-                    summary["train"] = self._log(units / max(now - last_time, 1e-9), bar)
-                    last_time, units = now, 0
+                    summary["train"] = self._log(units / max(busy, 1e-9), bar)
+                    busy, units = 0.0, 0
                 self._periodic(summary)
             self._snapshot = self._rank_state()
         except KeyboardInterrupt:
