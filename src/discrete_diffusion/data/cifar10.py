@@ -46,9 +46,11 @@ _ALLOWED = {
 
 @dataclass(frozen=True)
 class Config:
-    """CIFAR-10 options: `flip` (random horizontal flips in training, as in the paper) and
-    `cache_dir` for decoded arrays ("" = the images/ folder of the data cache)."""
+    """CIFAR-10 options: `path` (the CLI's --data overrides it), `flip` (random horizontal
+    flips in training, as in the paper) and `cache_dir` for decoded arrays ("" = the images/
+    folder of the data cache)."""
 
+    path: str = ""
     flip: bool = True
     cache_dir: str = ""
 
@@ -112,6 +114,7 @@ def is_python_version(path: Path) -> bool:
 
 def build(cfg: Config, data_arg: str | None) -> ImageArraySource:
     """CIFAR-10 from the python tarball/folder or from an image-folder layout (a JPEG copy)."""
+    data_arg = data_arg or cfg.path
     if not data_arg:
         raise ValueError("data kind 'cifar10' needs --data PATH (cifar-10-python.tar.gz or a "
                          "folder/zip of <split>/<class>/<name>.png|jpg)")

@@ -27,11 +27,13 @@ class Config:
     """Image-folder options.
 
     Attributes:
+        path: the folder or zip (the CLI's --data overrides it).
         flip: mirror training images left-right at random (seeded, resumable).
         cache_dir: where decoded arrays are cached ("" = the images/ folder of the data cache).
         name: the source name used in reports ("" = the folder's name).
     """
 
+    path: str = ""
     flip: bool = True
     cache_dir: str = ""
     name: str = ""
@@ -49,6 +51,7 @@ def load_split(root: Path, split: str, cache_dir: str = "") -> np.ndarray:
 
 def build(cfg: Config, data_arg: str | None) -> ImageArraySource:
     """An image-folder source over `data_arg` (a folder or zip with train/ and test/)."""
+    data_arg = data_arg or cfg.path
     if not data_arg:
         raise ValueError("data kind 'images' needs a folder or zip path (--data PATH)")
     root = Path(data_arg)
