@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,3 +120,17 @@ def test_kl_finite_and_nonnegative_for_extreme_logits(a: list[float], b: list[fl
     log_q = torch.tensor(b[:n]).log_softmax(-1)
     kl = categorical_kl(log_p, log_q)
     assert torch.isfinite(kl) and kl >= -1e-4 * (1 + log_q.abs().max())
+
+
+def test_kl_propagates_nan_from_either_input() -> None:
+    log_p = torch.tensor([0.0, -INF, -INF])
+    bad = torch.tensor([0.0, math.nan, -INF])
+    assert categorical_kl(log_p, bad).isnan()
+    assert categorical_kl(bad, torch.tensor([-1.0, -1.0, -1.5])).isnan()
+
+
+def test_kl_ignores_probabilities_below_float_range() -> None:
+    log_p = torch.tensor([[0.0, -200.0, -INF]]).log_softmax(-1)
+    log_q = torch.tensor([[-0.1, -5.0, -3.0]]).log_softmax(-1)
+    want = float(log_p[0, 0] - log_q[0, 0])  # the other terms are below 1e-80
+    assert categorical_kl(log_p, log_q).item() == pytest.approx(want, abs=1e-6)

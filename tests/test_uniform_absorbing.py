@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import brute
 import pytest
 import torch
 
 from discrete_diffusion import schedules
+from discrete_diffusion.categorical import categorical_kl
 from discrete_diffusion.transitions import Absorbing, Uniform
 
 SCHEDULES = {
@@ -98,3 +101,57 @@ def test_bad_constructor_arguments() -> None:
         tr.cumulative_matrix(4)
     with pytest.raises(ValueError, match="betas"):
         Uniform(3).setup(torch.tensor([0.5, 1.5]))
+
+
+def _generic(tr, x_0, x_t, log_x0, s, t):
+    """The posteriors from the base operations alone (what D3PM does without hooks)."""
+    col = tr.log_transition_column(x_t, s, t)
+    q = (col + tr.log_cumulative(x_0, s)).log_softmax(-1)
+    p = (col + tr.log_cumulative_soft(log_x0, s)).log_softmax(-1)
+    return q, p
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing", "absorbing_last"])
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("logits_kind", ["random", "extreme"])
+def test_fused_posteriors_equal_generic(kind: str, schedule: str, logits_kind: str) -> None:
+    tr = _make(kind, SCHEDULES[schedule]())
+    k, steps = tr.num_classes, tr.num_steps
+    gen = torch.Generator().manual_seed(0)
+    x_0, x_t = (v.reshape(1, -1) for v in torch.meshgrid(torch.arange(k), torch.arange(k),
+                                                          indexing="ij"))
+    for s_, t_ in itertools.combinations(range(steps + 1), 2):
+        s, t = torch.tensor([s_]), torch.tensor([t_])
+        logits = torch.randn(1, k * k, k, generator=gen) * 3
+        if logits_kind == "extreme":
+            logits = torch.sign(logits) * 1e4
+            logits.scatter_(-1, x_t[..., None], 1e4)  # x_t itself stays possible
+        log_x0 = logits.log_softmax(-1)
+        q, p = _generic(tr, x_0, x_t, log_x0, s, t)
+        reach = torch.isfinite(q).any(-1)  # pairs (x_0, x_t) that can occur
+        brute.assert_log_close(tr.log_q_posterior(x_0, x_t, s, t)[reach], q[reach])
+        ok = torch.isfinite(p).any(-1)
+        brute.assert_log_close(tr.log_p_posterior(log_x0, x_t, s, t)[ok], p[ok], atol=1e-5)
+        if hasattr(tr, "posterior_kl"):
+            want = categorical_kl(q, p)[reach & ok]
+            got = tr.posterior_kl(x_0, x_t, log_x0, s, t)[reach & ok]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing_last"])
+def test_fused_paths_have_finite_gradients(kind: str) -> None:
+    tr = _make(kind, schedules.jsd(5))
+    gen = torch.Generator().manual_seed(1)
+    x_0 = torch.randint(0, 3, (4, 6), generator=gen)
+    x_t = torch.where(torch.rand(4, 6, generator=gen) < 0.5, x_0, torch.full_like(x_0, 3))
+    s, t = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 4, 5])
+    logits = torch.randn(4, 6, 4, generator=gen) * 1e4
+    logits[0, :, 3] = 1e4  # the denoiser is sure of the mask somewhere: p~_m = 1
+    logits.requires_grad_(True)
+    log_x0 = logits.log_softmax(-1)
+    q = tr.log_q_posterior(x_0, x_t, s, t)
+    loss = categorical_kl(q, tr.log_p_posterior(log_x0, x_t, s, t)).sum()
+    if hasattr(tr, "posterior_kl"):
+        loss = loss + tr.posterior_kl(x_0, x_t, log_x0, s, t).sum()
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()

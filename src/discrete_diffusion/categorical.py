@@ -18,21 +18,36 @@ from torch import Tensor
 _GUMBEL_CHUNK = 1 << 22
 
 
+# exp() of float32 inputs below log(FLT_MIN) ~ -87.3 (and of -inf) takes a slow path on CPU;
+# probabilities below exp(-87) change a KL by less than 1e-33 nats per term, so they are clamped.
+_LOG_TINY = -87.0
+
+
 def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p || q) = sum_k p_k (log p_k - log q_k) over the last dimension.
 
     Terms with p_k = 0 are 0 (also where log q_k = -inf); a p_k > 0 with q_k = 0 gives +inf, the
-    true value. Gradients stay finite wherever the value is.
+    true value; a NaN anywhere in a row of either input gives NaN. Gradients stay finite
+    wherever the value is. Terms with p_k < exp(-87) are evaluated at p_k = exp(-87) (an error
+    below 1e-33 per term) to keep exp() on its fast path.
 
     Args:
         log_p, log_q: float [..., K], normalised log probabilities (may hold -inf).
     Returns:
         float [...].
     """
-    p = log_p.exp()
-    # where() before the product keeps -inf - -inf = NaN out of both the value and the gradient.
-    diff = torch.where(p > 0, log_p - log_q, torch.zeros((), dtype=log_p.dtype, device=p.device))
-    return (p * diff).sum(-1)
+    # -inf - -inf = NaN and -inf - x = -inf only occur where p = 0: those terms are 0. +inf
+    # (q = 0 under p > 0) is kept. A NaN in log_q would be zeroed here, so it is put back below
+    # through the row maximum (finite for a normalised row, NaN if the row holds a NaN).
+    guard = 0.0 * log_q.detach().amax(-1)
+    if torch.is_grad_enabled() and (log_p.requires_grad or log_q.requires_grad):
+        p = log_p.clamp(min=_LOG_TINY).exp()
+        diff = torch.nan_to_num(log_p - log_q, nan=0.0, neginf=0.0, posinf=math.inf)
+        return (p * diff).sum(-1) + guard
+    # Without autograd, work in place: large temporaries cost more than the arithmetic.
+    p = log_p.clamp(min=_LOG_TINY).exp_()
+    diff = torch.sub(log_p, log_q).nan_to_num_(nan=0.0, neginf=0.0, posinf=math.inf)
+    return torch.linalg.vecdot(p, diff) + guard
 
 
 def cross_entropy(log_q: Tensor, x: Tensor) -> Tensor:

@@ -45,8 +45,13 @@ class D3PM:
         self._betas = check_betas(betas)
         self.transition = transition
         transition.setup(self._betas)
-        # Optional O(1)-per-token exact sampler of q(x_t | x_0); chosen once, here.
+        # Optional fused closed forms of a transition (see `Transition` subclasses Uniform and
+        # Absorbing); chosen once, here. Each must equal the generic computation exactly.
         self._sample_cumulative = getattr(transition, "sample_cumulative", None)
+        self._log_q_posterior = getattr(transition, "log_q_posterior", None)
+        self._log_p_posterior = getattr(transition, "log_p_posterior", None)
+        self._posterior_kl = getattr(transition, "posterior_kl", None)
+        self._prior: Tensor | None = None  # L_T per state of x_0, built on first use
 
     # ----- basic views ----------------------------------------------------------------------
     @property
@@ -75,6 +80,8 @@ class D3PM:
     def to(self, device: torch.device | str) -> D3PM:
         """Move the transition's tables to `device`; computations follow the device of x_0."""
         self.transition.to(device)
+        if self._prior is not None:
+            self._prior = self._prior.to(device)
         return self
 
     def timestep_grid(self, step_size: int = 1, steps: int | None = None) -> list[int]:
@@ -146,8 +153,13 @@ class D3PM:
             log_cum = self.transition.log_cumulative_soft(log_x0, s)
         else:
             x_0 = self._check_x(x_0, "x_0", like=x_t)
-            log_cum = self.transition.log_cumulative(x_0, s)
+            return self._q_logits(x_0, x_t, s, t)
         return self._posterior(log_cum, x_t, s, t)
+
+    def _q_logits(self, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        if self._log_q_posterior is not None:
+            return self._log_q_posterior(x_0, x_t, s, t)
+        return self._posterior(self.transition.log_cumulative(x_0, s), x_t, s, t)
 
     def p_logits(
         self,
@@ -173,6 +185,8 @@ class D3PM:
         return self._p_logits(x0_logits.log_softmax(-1), x_t, s, t)
 
     def _p_logits(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        if self._log_p_posterior is not None:
+            return self._log_p_posterior(log_x0, x_t, s, t)
         return self._posterior(self.transition.log_cumulative_soft(log_x0, s), x_t, s, t)
 
     def _posterior(self, log_cum_s: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
@@ -188,11 +202,23 @@ class D3PM:
         return self._prior_kl(x_0)
 
     def _prior_kl(self, x_0: Tensor) -> Tensor:
-        t = torch.full((x_0.shape[0],), self.num_steps, dtype=torch.long, device=x_0.device)
-        with torch.no_grad():
-            log_q = self.transition.log_cumulative(x_0, t)
-            log_pi = self.transition.stationary().to(x_0.device).log().to(log_q.dtype)
-            return _sum_positions(categorical_kl(log_q, log_pi))
+        table = self._prior_table()
+        return _sum_positions(table.to(x_0.device)[x_0])
+
+    def _prior_table(self) -> Tensor:
+        """KL(q(x_T | x_0 = k) || p(x_T)) for every state k, float64 [K], built once (in row
+        chunks, O(K^2) work) so that L_T costs a gather per token."""
+        if self._prior is None:
+            k, T = self.num_classes, self.num_steps
+            log_pi = self.transition.stationary().log().to(torch.float64)
+            rows, chunk = [], max(1, (1 << 22) // k)
+            with torch.no_grad():
+                for start in range(0, k, chunk):
+                    x = torch.arange(start, min(start + chunk, k))[None]
+                    log_q = self.transition.log_cumulative(x, torch.tensor([T]))[0].double()
+                    rows.append(categorical_kl(log_q, log_pi.to(log_q.device)).cpu())
+            self._prior = torch.cat(rows)
+        return self._prior
 
     def training_losses(
         self,
@@ -234,12 +260,13 @@ class D3PM:
     def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """Per position: KL(q(x_s | x_t, x_0) || p(x_s | x_t)), and -log p(x_0 | x_t) where
         s = 0 (the posterior is then a point mass on x_0 and the KL equals it anyway)."""
+        if self._posterior_kl is not None:
+            return self._posterior_kl(x_0, x_t, log_x0, s, t)
         log_p = self._p_logits(log_x0, x_t, s, t)
         decoder = cross_entropy(log_p, x_0)
         if bool((s == 0).all()):
             return decoder
-        log_q = self._posterior(self.transition.log_cumulative(x_0, s), x_t, s, t)
-        kl = categorical_kl(log_q, log_p)
+        kl = categorical_kl(self._q_logits(x_0, x_t, s, t), log_p)
         return torch.where(_per_example(s == 0, kl), decoder, kl)
 
     def _draw_times(

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from discrete_diffusion.categorical import uniform_noise
-from discrete_diffusion.transitions.uniform import KeepTransition, per_example
+from discrete_diffusion.categorical import log1mexp, uniform_noise
+from discrete_diffusion.transitions.uniform import KeepTransition, _plogp_ratio, per_example
 
 _NEG_INF = -math.inf
 
@@ -81,6 +81,77 @@ class Absorbing(KeepTransition):
         at_xt = torch.where(is_mask, 0.0, per_example(log_r, ndim, torch.float32))
         return out.scatter_(-1, x_t.unsqueeze(-1), at_xt.unsqueeze(-1))
 
+    # ----- fused posteriors (optional hooks used by D3PM; one K-wide write each) ----------
+    def log_q_posterior(self, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log q(x_s | x_t, x_0), eq. (3), for integer x_0, float32 [B, ..., K].
+
+        An unmasked x_t is x_s for sure; a masked x_t came from x_0 (kept until s, masked in
+        (s, t]: (1 - r) alphabar_s) or from the mask (1 - alphabar_s).
+        """
+        log_r, log_1mr = self._log_span(s, t)
+        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        m, n = self.mask_index, x_t.dim()
+        log_1mr, log_a, log_1ma = (per_example(c, n, torch.float32)
+                                   for c in (log_1mr, log_a, log_1ma))
+        masked = x_t == m
+        from_x0 = log_1mr + log_a
+        log_z = torch.logaddexp(from_x0, log_1ma)
+        out = torch.full((*x_t.shape, self.num_classes), _NEG_INF, device=x_t.device)
+        first = torch.where(masked, x_0, x_t)
+        out.scatter_(-1, first.unsqueeze(-1), torch.where(masked, from_x0 - log_z, 0.0)[..., None])
+        at_m = torch.where(x_0 == m, 0.0, log_1ma - log_z)
+        second = torch.where(masked, m, x_t)
+        return out.scatter_(-1, second.unsqueeze(-1), torch.where(masked, at_m, 0.0)[..., None])
+
+    def log_p_posterior(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log p(x_s | x_t), eq. (4), from normalised log p~(x_0 | x_t).
+
+        An unmasked x_t is kept: a point mass. For a masked x_t, p(x_s = j) is proportional
+        to (1 - r) alphabar_s p~_j off the mask and alphabar_s p~_m + 1 - alphabar_s at it, so
+        the output is log p~ plus a per-token shift, with one entry rewritten.
+        """
+        log_r, log_1mr = self._log_span(s, t)
+        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        m, n, dtype = self.mask_index, x_t.dim(), log_x0.dtype
+        log_1mr, log_a, log_1ma = (per_example(c, n, dtype) for c in (log_1mr, log_a, log_1ma))
+        masked = x_t == m
+        lp_m = log_x0[..., m]
+        at_m = torch.logaddexp(log_a + lp_m, log_1ma)
+        off = log_1mr + log_a  # weight of p~_j, j != m
+        log_z = torch.logaddexp(at_m, off + _log1m_prob(lp_m))
+        shift = torch.where(masked, off - log_z, _NEG_INF)
+        out = log_x0 + shift.unsqueeze(-1)  # a fresh tensor: the scatter may be in place
+        idx = torch.where(masked, m, x_t).unsqueeze(-1)
+        return out.scatter_(-1, idx, torch.where(masked, at_m - log_z, 0.0).unsqueeze(-1))
+
+    def posterior_kl(
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+    ) -> Tensor:
+        """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...], in O(1) per
+        token once log p~ is known (both distributions live on {x_0, m}).
+
+        At s = 0 the posterior is a point mass on x_0 and this is -log p(x_0 | x_t).
+
+        Args:
+            x_0, x_t: LongTensor [B, ...].
+            log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
+            s, t: LongTensor [B], 0 <= s < t.
+        """
+        log_r, log_1mr = self._log_span(s, t)
+        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        m, n, dtype = self.mask_index, x_t.dim(), log_x0.dtype
+        log_1mr, log_a, log_1ma = (per_example(c, n, dtype) for c in (log_1mr, log_a, log_1ma))
+        from_x0 = log_1mr + log_a  # x_0 kept until s, masked in (s, t]
+        log_zq = torch.logaddexp(from_x0, log_1ma)
+        lp_m = log_x0[..., m]
+        at_m = torch.logaddexp(log_a + lp_m, log_1ma)
+        log_zp = torch.logaddexp(at_m, from_x0 + _log1m_prob(lp_m))
+        lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
+        kl = (_plogp_ratio(from_x0 - log_zq, from_x0 + lp_x0 - log_zp)
+              + _plogp_ratio(log_1ma - log_zq, at_m - log_zp))
+        kl = torch.where(x_0 == m, log_zp - at_m, kl)  # the posterior is a point mass on m
+        return torch.where(x_t == m, kl, torch.zeros((), dtype=dtype, device=kl.device))
+
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -89,4 +160,9 @@ class Absorbing(KeepTransition):
         u = uniform_noise(x_0.shape, x_0.device, generator)
         keep = u < per_example(log_r.exp(), x_0.dim(), torch.float64)
         return torch.where(keep, x_0, torch.full_like(x_0, self.mask_index))
+
+
+def _log1m_prob(log_p: Tensor) -> Tensor:
+    """log(1 - p) from log p; p = 1 is nudged to 1 - 1e-30 so gradients stay finite."""
+    return log1mexp(log_p.clamp(max=-1e-30))
 

@@ -178,6 +178,103 @@ class Uniform(KeepTransition):
     def log_transition_column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         return self._log_rows(x_t, s, t)
 
+    # ----- fused posteriors (optional hooks used by D3PM; O(K) with one K-wide write) -------
+    def log_q_posterior(self, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log q(x_s | x_t, x_0), eq. (3), for integer x_0, float32 [B, ..., K].
+
+        Only the entries at x_0 and x_t differ from a constant, so the normaliser is a
+        per-token sum of three terms and the output is one fill plus two scatters.
+        """
+        _, lc0, lc1 = self._log_coefficients(s, t)  # column x_t of Q_{s->t}: lc1 at x_t
+        _, lq0, lq1 = self._log_coefficients(torch.zeros_like(s), s)  # row x_0 of Qbar_s
+        n = x_t.dim()
+        lc0, lc1, lq0, lq1 = (per_example(c, n, torch.float32) for c in (lc0, lc1, lq0, lq1))
+        same = x_0 == x_t
+        base = lc0 + lq0  # every j not in {x_0, x_t}
+        at_xt = lc1 + torch.where(same, lq1, lq0)
+        at_x0 = lc0 + lq1
+        rest = torch.where(same, self.num_classes - 1.0, self.num_classes - 2.0).log() + base
+        terms = torch.stack([rest, at_xt, torch.where(same, -math.inf, at_x0)])
+        log_z = terms.logsumexp(0)
+        out = (base - log_z).unsqueeze(-1).expand(*x_t.shape, self.num_classes).clone()
+        out.scatter_(-1, x_0.unsqueeze(-1), (at_x0 - log_z).unsqueeze(-1))
+        return out.scatter_(-1, x_t.unsqueeze(-1), (at_xt - log_z).unsqueeze(-1))
+
+    def log_p_posterior(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log p(x_s | x_t), eq. (4), from normalised log p~(x_0 | x_t).
+
+        p(x_s = j | x_t) is proportional to Q_{s->t}[j, x_t] (r_s p~_j + (1 - r_s)/K); with
+        sum_j p~_j = 1 the normaliser is c0 + r (p~ Qbar_s)_{x_t} per token (c0 = (1 - r)/K
+        the off-diagonal of the span), so one K-wide log(r_s p~_j + c) does the work.
+        """
+        log_r, lc0, lc1 = self._log_coefficients(s, t)
+        log_a, lq0, _ = self._log_coefficients(torch.zeros_like(s), s)
+        hard = bool(torch.isneginf(lq0).any())  # some Qbar_s = I (s = 0): c = 0 there
+        bounded = hard or bool((log_a - lq0).max() <= _EXP_SAFE)
+        n, dtype = log_x0.dim(), log_x0.dtype
+        log_r, lc0, lc1, log_a, lq0 = (per_example(c, n - 1, dtype)
+                                       for c in (log_r, lc0, lc1, log_a, lq0))
+        idx = x_t.unsqueeze(-1)
+        v_xt = torch.logaddexp(log_x0.gather(-1, idx).squeeze(-1) + log_a, lq0)
+        log_z = torch.logaddexp(lc0, log_r + v_xt)
+        shift = (lc0 - log_z).unsqueeze(-1)  # column off-diagonal over the normaliser
+        if hard:
+            out = torch.logaddexp(log_x0 + log_a.unsqueeze(-1), lq0.unsqueeze(-1)) + shift
+        else:
+            # log(r p + c) = log c + softplus(log p + log r - log c)
+            x = log_x0 + (log_a - lq0).unsqueeze(-1)
+            out = _softplus(x, bounded) + (lq0.unsqueeze(-1) + shift)
+        return out.scatter_(-1, idx, (v_xt + lc1 - log_z).unsqueeze(-1))
+
+    def posterior_kl(
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+    ) -> Tensor:
+        """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...], with one K-wide
+        softplus and sum (the posterior q takes three values: at x_0, at x_t, elsewhere).
+
+        With v_j = log(r_s p~_j + c), c = (1 - r_s)/K, write v_j = log c + w_j,
+        w_j = softplus(log p~_j + log r_s - log c) >= 0. Off {x_0, x_t} the log ratio
+        log q_j - log p_j is (log Z_p - log Z_q) - w_j, so the sum over those j needs only
+        W = sum_j w_j. Where Qbar_s = I (s = 0) the posterior is a point mass on x_0 and the
+        KL is -log p(x_0 | x_t).
+
+        Args:
+            x_0, x_t: LongTensor [B, ...].
+            log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
+            s, t: LongTensor [B], 0 <= s < t.
+        """
+        log_r, lc0, lc1 = self._log_coefficients(s, t)
+        log_a, lq0, lq1 = self._log_coefficients(torch.zeros_like(s), s)
+        n, dtype = x_t.dim(), log_x0.dtype
+        log_r, lc0, lc1, log_a, lq0, lq1 = (per_example(c, n, dtype)
+                                            for c in (log_r, lc0, lc1, log_a, lq0, lq1))
+        hard = torch.isneginf(lq0)  # Qbar_s = I: x_s = x_0
+        offset = torch.where(hard, 0.0, log_a - lq0)  # finite everywhere, used where not hard
+        same = x_0 == x_t
+        lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
+        lp_xt = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+        bounded = bool(offset.max() <= _EXP_SAFE)  # log p~ <= 0, so x <= offset
+        w_all = _softplus(log_x0 + offset.unsqueeze(-1), bounded).sum(-1)
+        w_x0 = torch.nn.functional.softplus(lp_x0 + offset)
+        w_xt = torch.nn.functional.softplus(lp_xt + offset)
+        # p side: normaliser c0 + r (p~ Qbar_s)_{x_t}
+        v_xt = torch.where(hard, lp_xt, torch.logaddexp(lp_xt + log_a, lq0))
+        log_zp = torch.logaddexp(lc0, log_r + v_xt)
+        # q side: entries lc0 + lq0 (elsewhere), lc1 + lq{0,1} (x_t), lc0 + lq1 (x_0)
+        base = lc0 + lq0
+        at_xt = lc1 + torch.where(same, lq1, lq0)
+        at_x0 = lc0 + lq1
+        n_base = torch.where(same, self.num_classes - 1.0, self.num_classes - 2.0)
+        log_zq = torch.stack([n_base.log() + base, at_xt,
+                              torch.where(same, -math.inf, at_x0)]).logsumexp(0)
+        w_base = w_all - w_xt - torch.where(same, 0.0, w_x0)
+        kl_base = _weighted((base - log_zq), n_base * (log_zp - log_zq) - w_base)
+        kl_xt = _plogp_ratio(at_xt - log_zq, v_xt + lc1 - log_zp)
+        kl_x0 = _plogp_ratio(at_x0 - log_zq, lq0 + w_x0 + lc0 - log_zp)
+        kl = kl_base + kl_xt + torch.where(same, 0.0, kl_x0)
+        decoder = log_zp - torch.where(same, lc1, lc0) - lp_x0  # -log p(x_0 | x_t), hard case
+        return torch.where(hard, decoder, kl)
+
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
@@ -195,3 +292,29 @@ class Uniform(KeepTransition):
 def _check_int(t: int, low: int, high: int) -> None:
     if not isinstance(t, int) or isinstance(t, bool) or not low <= t <= high:
         raise ValueError(f"t must be an integer in {low}..{high}, got {t!r}")
+
+
+# exp() of float32 arguments outside about [-87, 88] leaves the vectorised fast path on CPU.
+_EXP_SAFE = 80.0
+
+
+def _softplus(x: Tensor, bounded: bool) -> Tensor:
+    """log(1 + exp(x)), elementwise; `bounded` promises x <= 80 (then exp cannot overflow).
+
+    Arguments below -80 are clamped: they add under 2e-35, below float32 resolution of any
+    sum this enters, and exp() of them is many times slower than of moderate ones.
+    """
+    if bounded:
+        return torch.log1p(torch.exp(x.clamp(min=-_EXP_SAFE)))
+    return torch.nn.functional.softplus(x.clamp(min=-_EXP_SAFE))
+
+
+def _weighted(log_q: Tensor, value: Tensor) -> Tensor:
+    """q * value, 0 where q = 0 (whatever value is), with finite gradients there."""
+    zero = torch.zeros((), dtype=value.dtype, device=value.device)
+    return log_q.exp() * torch.where(torch.isneginf(log_q), zero, value)
+
+
+def _plogp_ratio(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """q (log q - log p), 0 where q = 0, with finite gradients there."""
+    return _weighted(log_q, log_q - log_p)
