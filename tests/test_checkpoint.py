@@ -164,3 +164,28 @@ def test_resume_may_extend_the_run(tmp_path):
     longer = make(tmp_path / "r", resume=True, steps=6)
     assert longer.step == 4
     assert longer.fit()["step"] == 6
+
+
+def test_data_info_and_codec_round_trip(tmp_path):
+    from discrete_diffusion.data.base import DataInfo, codec_from_dir
+    from discrete_diffusion.data.synthetic import IdCodec
+
+    info = DataInfo(num_classes=3, example_shape=(2, 4), mask_index=1, unit="dim", name="x",
+                    marginal=torch.tensor([0.5, 0.25, 0.25]),
+                    embeddings=torch.arange(6, dtype=torch.float64).reshape(3, 2))
+    info.save(tmp_path)
+    again = DataInfo.load(tmp_path)
+    assert (again.num_classes, again.example_shape, again.mask_index, again.unit, again.name) \
+        == (3, (2, 4), 1, "dim", "x")
+    assert torch.equal(again.marginal, info.marginal)
+    assert torch.equal(again.embeddings, info.embeddings) and again.num_positions == 8
+    IdCodec(vocab_size=3).save(tmp_path)
+    codec = codec_from_dir(tmp_path)
+    assert isinstance(codec, IdCodec) and codec.render(torch.tensor([[0, 2, 3]])) == "0 2 _"
+    ids, held = codec.parse_infill("2 _ 1")
+    assert ids.tolist() == [2, 0, 1] and held.tolist() == [True, False, True]
+    (tmp_path / "codec.json").write_text('{"kind": "morse"}')
+    with pytest.raises(ValueError, match="unknown codec kind 'morse'"):
+        codec_from_dir(tmp_path)
+    with pytest.raises(ValueError, match="unit must be one of"):
+        DataInfo(num_classes=3, example_shape=(2,), unit="pixel")
