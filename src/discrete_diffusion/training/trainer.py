@@ -41,6 +41,8 @@ from discrete_diffusion.training.config import RunConfig, dump_config, read_yaml
 from discrete_diffusion.training.ema import EMA
 from discrete_diffusion.training.metrics import MetricsLog, RunningStats
 
+PICTURE_CODECS = ("image", "points")  # codecs whose render(x, out) writes a PNG
+
 # train keys that may change when a run is resumed (bookkeeping, not the optimisation itself)
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "eval_examples", "eval_steps",
                   "sample_every", "num_samples", "ckpt_every", "keep_checkpoints", "device",
@@ -333,11 +335,11 @@ class Trainer:
         return result
 
     def write_samples(self) -> Path | None:
-        """Render `num_samples` samples to samples/step_N.txt (or .png for images)."""
+        """Render `num_samples` samples to samples/step_N.txt (.png for images and points)."""
         path = None
         if self.main and self.tc.num_samples > 0:
             codec = self.data.codec()
-            suffix = getattr(codec, "suffix", None) or (".png" if codec.kind == "image" else ".txt")
+            suffix = ".png" if codec.kind in PICTURE_CODECS else ".txt"
             path = self.run_dir / "samples" / f"step_{self.step:06d}{suffix}"
             path.parent.mkdir(exist_ok=True)
             gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 3, self.step))
