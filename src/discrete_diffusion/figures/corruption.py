@@ -1,8 +1,9 @@
 """The forward corruption q(x_t | x_0) of each process drawn on real images.
 
 One block of rows per process (uniform with the cosine schedule, absorbing with 1/(T - t + 1)
-into the grey mask value, discretized Gaussian with linear 1e-4 -> 0.02: the paper's image
-settings), one column per t = 0, T/10, ..., T. Absorbed pixels are drawn as the grey they are.
+into the grey mask value, discretized Gaussian with the paper's linear 1e-4 -> 0.02 at T = 1000,
+both ends scaled by 1000/T for other T so the betas sum to the same total), one column per
+t = 0, T/10, ..., T. Absorbed pixels are drawn as the grey they are.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def build_process(name: str, num_classes: int, num_steps: int):
                                                 mask_index=num_classes // 2),
                        dd.schedules.jsd(num_steps))
     if name == "gauss":
+        scale = 1000.0 / num_steps
         return dd.D3PM(dd.transitions.DiscretizedGaussian(num_classes=num_classes),
-                       dd.schedules.linear(num_steps, 1e-4, 0.02))
+                       dd.schedules.linear(num_steps, min(1e-4 * scale, 1.0),
+                                           min(0.02 * scale, 1.0)))
     raise ValueError(f"unknown process {name!r} (choose from {', '.join(PROCESSES)})")
 
 
