@@ -163,11 +163,13 @@ def test_training_losses_are_consistent(proc: dd.D3PM) -> None:
     den = brute.RandomDenoiser(proc.num_classes, proc.num_steps)
     out = proc.training_losses(den, x_0, generator=gen)
     assert set(out) == {"loss", "vb", "ce", "bound", "t"}
+    assert all(out[key].dtype == torch.float32 for key in ("loss", "vb", "ce", "bound"))
     assert out["t"].dtype == torch.long and out["t"].min() >= 1
     assert out["t"].max() <= proc.num_steps
     assert (out["vb"] >= -1e-5).all() and torch.isfinite(out["vb"]).all()
     torch.testing.assert_close(out["loss"], out["vb"] + 0.01 * out["ce"])
-    torch.testing.assert_close(out["bound"], proc.prior_kl(x_0) + proc.num_steps * out["vb"])
+    want = proc.prior_kl(x_0).float() + proc.num_steps * out["vb"]
+    torch.testing.assert_close(out["bound"], want)
 
 
 def test_vb_matches_dense_per_term(proc: dd.D3PM) -> None:
@@ -253,8 +255,9 @@ def test_k_equals_T_bound_is_prior_plus_decoder() -> None:
     t = torch.full((8,), 5)
     log_p = proc.p_logits(den(x_T, t), x_T, 5, step_size=5)
     decoder = -log_p.gather(-1, x_0[..., None]).squeeze(-1).sum(-1)
-    torch.testing.assert_close(terms["decoder"], decoder)
-    torch.testing.assert_close(terms["total"], proc.prior_kl(x_0) + decoder)
+    assert terms["total"].dtype == torch.float64
+    torch.testing.assert_close(terms["decoder"], decoder.double())
+    torch.testing.assert_close(terms["total"], proc.prior_kl(x_0) + decoder.double())
 
 
 def _correlated_data() -> torch.Tensor:

@@ -196,8 +196,8 @@ class D3PM:
     # ----- losses ---------------------------------------------------------------------------
     def prior_kl(self, x_0: Tensor) -> Tensor:
         """L_T = KL(q(x_T | x_0) || p(x_T)) with p(x_T) the transition's stationary
-        distribution, nats per example [B] (summed over positions; +inf if q(x_T | x_0) puts
-        mass where the prior has none)."""
+        distribution, nats per example, float64 [B] (summed over positions; +inf if
+        q(x_T | x_0) puts mass where the prior has none)."""
         x_0 = self._check_x(x_0, "x_0")
         return self._prior_kl(x_0)
 
@@ -254,7 +254,7 @@ class D3PM:
         ce = _sum_positions(cross_entropy(log_x0, x_0))
         out = {"vb": vb, "ce": ce, "t": t}
         out["loss"] = {"hybrid": vb + hybrid_lambda * ce, "vb": vb, "ce": ce}[loss]
-        out["bound"] = self._prior_kl(x_0) + self.num_steps * vb.detach()
+        out["bound"] = self._prior_kl(x_0).to(vb.dtype) + self.num_steps * vb.detach()
         return out
 
     def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
@@ -300,7 +300,8 @@ class D3PM:
                 + L_0,  L_0 = -log p(x_0 | x_{t_1}),
 
         over the grid of `timestep_grid(step_size, steps)`, each term with a fresh
-        x_t ~ q(x_t | x_0). One denoiser call per grid step, batched over examples.
+        x_t ~ q(x_t | x_0). One denoiser call per grid step, batched over examples; the terms
+        are accumulated and returned in float64.
 
         Args:
             progress: optional callable(done, total) after each step.
@@ -316,7 +317,7 @@ class D3PM:
             s, t = (torch.full_like(prior, v, dtype=torch.long) for v in (s_int, t_int))
             x_t = self._q_sample(x_0, t, generator)
             log_x0 = self._denoise(denoiser, x_t, t).log_softmax(-1)
-            term = _sum_positions(self._vb_term(log_x0, x_0, x_t, s, t))
+            term = _sum_positions(self._vb_term(log_x0, x_0, x_t, s, t)).double()
             if s_int == 0:
                 decoder = term
             else:
