@@ -76,7 +76,7 @@ def test_huge_scale_is_uniform() -> None:
     torch.testing.assert_close(out.exp(), torch.full((5,), 0.2))
 
 
-def test_log1mexp_matches_direct_formula() -> None:
+def test_log1m_exp_neg_matches_direct_formula() -> None:
     x = torch.tensor([1e-10, 1e-3, 0.5, math.log(2.0), 1.0, 5.0, 40.0], dtype=torch.float64)
     values = x.tolist()
     # reference: log(-expm1(-x)) is exact near 0, log1p(-exp(-x)) for large x
@@ -84,7 +84,7 @@ def test_log1mexp_matches_direct_formula() -> None:
         math.log(-math.expm1(-v)) if v < 0.1 else math.log1p(-math.exp(-v)) for v in values
     ]
     expected = torch.tensor(reference, dtype=torch.float64)
-    torch.testing.assert_close(logistic.log1mexp(x), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logistic.log1m_exp_neg(x), expected, rtol=1e-12, atol=0)
 
 
 def test_rejects_one_class() -> None:

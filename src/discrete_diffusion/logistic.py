@@ -17,15 +17,17 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["logits", "log1mexp"]
+__all__ = ["logits"]
 
 # inv_s is capped at exp(_MAX_LOG_INV_S): beyond it the bins are a delta to float precision,
 # and the cap keeps inv_s * (c - loc) finite so that no NaN can arise from inf * 0.
 _MAX_LOG_INV_S = 30.0
 
 
-def log1mexp(x: Tensor) -> Tensor:
+def log1m_exp_neg(x: Tensor) -> Tensor:
     """log(1 - exp(-x)) for x >= 0, accurate for small and large x (Maechler, 2012).
+
+    Note the sign: `categorical.log1mexp` computes log(1 - exp(x)) for x <= 0.
 
     Args:
         x: float tensor, x >= 0 (x = 0 gives -inf).
@@ -47,7 +49,7 @@ def logits(
     With a = inv_s (c_k - loc + w/2) and b = inv_s (c_k - loc - w/2),
     sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-(a - b))), so
 
-        log p~(k) = log_sigmoid(a) + log_sigmoid(-b) + log1mexp(inv_s w) - log Z,
+        log p~(k) = log_sigmoid(a) + log_sigmoid(-b) + log(1 - exp(-inv_s w)) - log Z,
 
     exact in log space for any loc and scale (no epsilon, no cancellation).
 
@@ -75,5 +77,5 @@ def logits(
     b = (inv_s * (centred - half_width)).clamp(-bound, bound)
     # a - b = inv_s * w > 0; the floor keeps it positive when inv_s underflows.
     gap = (inv_s * (2.0 * half_width)).clamp(min=torch.finfo(dtype).tiny)
-    log_mass = F.logsigmoid(a) + F.logsigmoid(-b) + log1mexp(gap)
+    log_mass = F.logsigmoid(a) + F.logsigmoid(-b) + log1m_exp_neg(gap)
     return torch.log_softmax(log_mass, dim=-1)
