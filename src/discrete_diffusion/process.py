@@ -395,9 +395,10 @@ class D3PM:
             raise ValueError(f"{name} must have a batch dimension, got a scalar")
         if like is not None and x.shape != like.shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(like.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+        low, high = _min_max(x)
+        if low < 0 or high >= self.num_classes:
             raise ValueError(f"{name} values must lie in [0, {self.num_classes}), got "
-                             f"[{int(x.min())}, {int(x.max())}]")
+                             f"[{low}, {high}]")
         return x.long()
 
     def _times(self, t: int | Tensor, x: Tensor, low: int = 1) -> Tensor:
@@ -413,8 +414,9 @@ class D3PM:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"t must have shape [{batch}], got {tuple(t.shape)}")
-        if int(t.min()) < low or int(t.max()) > T:
-            raise ValueError(f"t must lie in {low}..{T}, got [{int(t.min())}, {int(t.max())}]")
+        t_min, t_max = _min_max(t)
+        if t_min < low or t_max > T:
+            raise ValueError(f"t must lie in {low}..{T}, got [{t_min}, {t_max}]")
         return t.long().to(x.device)
 
     def _span(
@@ -430,7 +432,7 @@ class D3PM:
             if step_size != 1:
                 raise ValueError("give either step_size or s, not both")
             s = self._times(s, x_t, low=0)
-        if bool((s < 0).any()) or bool((s >= t).any()):
+        if bool(((s < 0) | (s >= t)).any()):
             raise ValueError("need 0 <= s < t (s = t - step_size) for every example")
         return s, t
 
@@ -468,6 +470,14 @@ class D3PM:
         values = torch.where(mask, values, torch.zeros_like(values))
         self._check_x(values, "fixed values")
         return mask.to(device), values.long().to(device)
+
+
+def _min_max(x: Tensor) -> tuple[int, int]:
+    """Smallest and largest value of a non-empty integer tensor, with one device sync."""
+    if x.numel() == 0:
+        return 0, 0
+    low, high = torch.aminmax(x.reshape(-1))
+    return tuple(int(v) for v in torch.stack([low, high]).tolist())
 
 
 def _is_int(v: object) -> bool:

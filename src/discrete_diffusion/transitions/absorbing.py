@@ -54,7 +54,7 @@ class Absorbing(KeepTransition):
     # ----- structured operations ------------------------------------------------------------
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
         """Row x_0 of Qbar_t: alphabar_t at x_0, 1 - alphabar_t at m (1 at m if x_0 = m)."""
-        log_r, log_1mr = self._log_span(torch.zeros_like(t), t)
+        log_r, log_1mr = self._log_span(None, t)
         m, ndim = self.mask_index, x_0.dim() + 1
         out = torch.full((*x_0.shape, self.num_classes), _NEG_INF, device=x_0.device)
         out[..., m] = per_example(log_1mr, x_0.dim(), torch.float32)
@@ -63,7 +63,7 @@ class Absorbing(KeepTransition):
 
     def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
         """p Qbar_t = alphabar_t p + (1 - alphabar_t) e_m for a normalised p."""
-        log_r, log_1mr = self._log_span(torch.zeros_like(t), t)
+        log_r, log_1mr = self._log_span(None, t)
         m, ndim = self.mask_index, log_x0.dim()
         out = log_x0 + per_example(log_r, ndim, log_x0.dtype)
         at_m = torch.logaddexp(out[..., m], per_example(log_1mr, ndim - 1, log_x0.dtype))
@@ -89,7 +89,7 @@ class Absorbing(KeepTransition):
         (s, t]: (1 - r) alphabar_s) or from the mask (1 - alphabar_s).
         """
         log_r, log_1mr = self._log_span(s, t)
-        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        log_a, log_1ma = self._log_span(None, s)
         m, n = self.mask_index, x_t.dim()
         log_1mr, log_a, log_1ma = (per_example(c, n, torch.float32)
                                    for c in (log_1mr, log_a, log_1ma))
@@ -111,7 +111,7 @@ class Absorbing(KeepTransition):
         the output is log p~ plus a per-token shift, with one entry rewritten.
         """
         log_r, log_1mr = self._log_span(s, t)
-        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        log_a, log_1ma = self._log_span(None, s)
         m, n, dtype = self.mask_index, x_t.dim(), log_x0.dtype
         log_1mr, log_a, log_1ma = (per_example(c, n, dtype) for c in (log_1mr, log_a, log_1ma))
         masked = x_t == m
@@ -138,7 +138,7 @@ class Absorbing(KeepTransition):
             s, t: LongTensor [B], 0 <= s < t.
         """
         log_r, log_1mr = self._log_span(s, t)
-        log_a, log_1ma = self._log_span(torch.zeros_like(s), s)
+        log_a, log_1ma = self._log_span(None, s)
         m, n, dtype = self.mask_index, x_t.dim(), log_x0.dtype
         log_1mr, log_a, log_1ma = (per_example(c, n, dtype) for c in (log_1mr, log_a, log_1ma))
         from_x0 = log_1mr + log_a  # x_0 kept until s, masked in (s, t]
@@ -156,7 +156,7 @@ class Absorbing(KeepTransition):
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """x_t ~ q(x_t | x_0) in O(1) per token: keep x_0 with probability alphabar_t, else m."""
-        log_r, _ = self._log_span(torch.zeros_like(t), t)
+        log_r, _ = self._log_span(None, t)
         u = uniform_noise(x_0.shape, x_0.device, generator)
         keep = u < per_example(log_r.exp(), x_0.dim(), torch.float64)
         return torch.where(keep, x_0, torch.full_like(x_0, self.mask_index))

@@ -83,11 +83,15 @@ class KeepTransition(Transition):
         self.betas: Tensor | None = None
         self.log_keep: Tensor | None = None
         self.num_full: Tensor | None = None
+        self.log_cum: Tensor | None = None
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
         self.betas = check_betas(betas)
         self.log_keep, self.num_full = keep_tables(self.betas)
+        # log alphabar_t and log(1 - alphabar_t), t = 0..T: the cumulative case, gathered
+        steps = torch.arange(self.betas.shape[0] + 1, device=self.betas.device)
+        self.log_cum = torch.stack(log_keep_span(self.log_keep, self.num_full, 0 * steps, steps))
 
     @property
     def num_steps(self) -> int:
@@ -96,7 +100,7 @@ class KeepTransition(Transition):
         return self.betas.shape[0]
 
     def to(self, device: torch.device | str) -> KeepTransition:
-        for name in ("betas", "log_keep", "num_full"):
+        for name in ("betas", "log_keep", "num_full", "log_cum"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
@@ -122,9 +126,13 @@ class KeepTransition(Transition):
         _check_int(t, 0, self.num_steps)
         return self._dense(self._keep(0, t))
 
-    def _log_span(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """log r(s, t) and log(1 - r(s, t)), float64 [B] on the device of `t`."""
+    def _log_span(self, s: Tensor | None, t: Tensor) -> tuple[Tensor, Tensor]:
+        """log r(s, t) and log(1 - r(s, t)), float64 [B] on the device of `t`; s = None is
+        s = 0 (alphabar_t), read from a table."""
         self.num_steps  # noqa: B018 (a clear error when not set up)
+        if s is None:
+            out = self.log_cum[:, t.to(self.log_cum.device)].to(t.device)
+            return out[0], out[1]
         return log_keep_span(self.log_keep, self.num_full, s, t)
 
     def keep_probability(self, s: Tensor, t: Tensor) -> Tensor:
@@ -148,13 +156,13 @@ class Uniform(KeepTransition):
         return torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
 
     # ----- structured operations ------------------------------------------------------------
-    def _log_coefficients(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _log_coefficients(self, s: Tensor | None, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """log r, log(1-r)/K and log(r + (1-r)/K) of the span (s, t), float64 [B]."""
         log_r, log_1mr = self._log_span(s, t)
         log_off = log_1mr - math.log(self.num_classes)
         return log_r, log_off, torch.logaddexp(log_r, log_off)
 
-    def _log_rows(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def _log_rows(self, x: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """log Q_{s->t}[x, :] (= column x, the matrix being symmetric), float32 [B, ..., K]."""
         _, log_off, log_same = self._log_coefficients(s, t)
         ndim = x.dim() + 1
@@ -164,10 +172,10 @@ class Uniform(KeepTransition):
         return out.scatter_(-1, x.unsqueeze(-1), same.unsqueeze(-1))
 
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
-        return self._log_rows(x_0, torch.zeros_like(t), t)
+        return self._log_rows(x_0, None, t)
 
     def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
-        log_r, log_off, _ = self._log_coefficients(torch.zeros_like(t), t)
+        log_r, log_off, _ = self._log_coefficients(None, t)
         ndim = log_x0.dim()
         # log(r p + (1 - r)/K) for every class.
         dtype = log_x0.dtype
@@ -186,7 +194,7 @@ class Uniform(KeepTransition):
         per-token sum of three terms and the output is one fill plus two scatters.
         """
         _, lc0, lc1 = self._log_coefficients(s, t)  # column x_t of Q_{s->t}: lc1 at x_t
-        _, lq0, lq1 = self._log_coefficients(torch.zeros_like(s), s)  # row x_0 of Qbar_s
+        _, lq0, lq1 = self._log_coefficients(None, s)  # row x_0 of Qbar_s
         n = x_t.dim()
         lc0, lc1, lq0, lq1 = (per_example(c, n, torch.float32) for c in (lc0, lc1, lq0, lq1))
         same = x_0 == x_t
@@ -208,7 +216,7 @@ class Uniform(KeepTransition):
         the off-diagonal of the span), so one K-wide log(r_s p~_j + c) does the work.
         """
         log_r, lc0, lc1 = self._log_coefficients(s, t)
-        log_a, lq0, _ = self._log_coefficients(torch.zeros_like(s), s)
+        log_a, lq0, _ = self._log_coefficients(None, s)
         hard = bool(torch.isneginf(lq0).any())  # some Qbar_s = I (s = 0): c = 0 there
         bounded = hard or bool((log_a - lq0).max() <= _EXP_SAFE)
         n, dtype = log_x0.dim(), log_x0.dtype
@@ -244,7 +252,7 @@ class Uniform(KeepTransition):
             s, t: LongTensor [B], 0 <= s < t.
         """
         log_r, lc0, lc1 = self._log_coefficients(s, t)
-        log_a, lq0, lq1 = self._log_coefficients(torch.zeros_like(s), s)
+        log_a, lq0, lq1 = self._log_coefficients(None, s)
         n, dtype = x_t.dim(), log_x0.dtype
         log_r, lc0, lc1, log_a, lq0, lq1 = (per_example(c, n, dtype)
                                             for c in (log_r, lc0, lc1, log_a, lq0, lq1))
@@ -280,7 +288,7 @@ class Uniform(KeepTransition):
     ) -> Tensor:
         """x_t ~ q(x_t | x_0) in O(1) per token: keep x_0 with probability alphabar_t, else draw
         a uniform state (which may be x_0 again), exactly the row Qbar_t[x_0, :]."""
-        log_r, _, _ = self._log_coefficients(torch.zeros_like(t), t)
+        log_r, _, _ = self._log_coefficients(None, t)
         u = uniform_noise(x_0.shape, x_0.device, generator)
         fresh = torch.randint(
             self.num_classes, x_0.shape, device=x_0.device, generator=generator
