@@ -12,6 +12,15 @@ Choices, stated once:
     * All categorical maths is in log space; zero probabilities are -inf, never NaN.
     * Random draws (times, x_t, samples) take an optional torch.Generator; sampling uses
       Gumbel-max with float64 noise.
+
+Optional fused operations. A transition may define any of these methods; `D3PM` looks them up
+once, at construction, and otherwise composes the `Transition` operations (generic path). Each
+must equal the generic result (tests compare them on tiny processes):
+    sample_cumulative(x_0, t, generator) -> LongTensor        x_t ~ q(x_t | x_0)
+    log_q_posterior(x_0, x_t, s, t) -> [B, ..., K]           normalised eq. (3), integer x_0
+    log_p_posterior(log_x0, x_t, s, t) -> [B, ..., K]        normalised eq. (4) from log p~
+    posterior_kl(x_0, x_t, log_x0, s, t) -> [B, ...]         KL(q || p) per position
+`Uniform` and `Absorbing` define all four in O(K) per token with one K-wide pass at most.
 """
 
 from __future__ import annotations
