@@ -77,3 +77,17 @@ def test_data_not_matching_the_run_is_refused(tmp_path, capsys, monkeypatch):
     code = main(["eval", "--checkpoint", str(run), "--data", str(folder)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("d3pm: error:") and "\n" not in err
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISCRETE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    logistic = _train(tmp_path / "a")
+    logits = _train(tmp_path / "b", "digits-uniform-cpu-small")
+    for path in (logistic / "checkpoints").glob("*.safetensors"):
+        target = logits / "checkpoints" / path.name
+        if target.exists():
+            target.write_bytes(path.read_bytes())
+    capsys.readouterr()
+    code = main(["sample", "--checkpoint", str(logits), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not fit this model" in err and "\n" not in err
