@@ -262,7 +262,8 @@ class D3PM:
         vb = _sum_positions(self._vb_term(log_x0, x_0, x_t, t - 1, t))
         ce = _sum_positions(cross_entropy(log_x0, x_0))
         out = {"vb": vb, "ce": ce, "t": t}
-        out["loss"] = {"hybrid": vb + hybrid_lambda * ce, "vb": vb, "ce": ce}[loss]
+        hybrid = vb if hybrid_lambda == 0 else vb + hybrid_lambda * ce  # exact at 0 (inf ce)
+        out["loss"] = {"hybrid": hybrid, "vb": vb, "ce": ce}[loss]
         out["bound"] = self._prior_kl(x_0).to(vb.dtype) + self.num_steps * vb.detach()
         return out
 
