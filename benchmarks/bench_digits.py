@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {  # table row -> preset
     "uniform L_vb": "digits-uniform-cpu-small",
@@ -72,15 +74,28 @@ def run_one(name: str, out: Path, budget: float, fid_samples: int, seed: int,
     batches = source.eval_batches("test", 120, max_examples=test_examples)
     (entry,) = evaluate_bound(method, model, batches, [None], gen, unit="dim")
     eval_cpu = time.process_time() - t0
-    samples = method.sample(model, max(fid_samples, 64), generator=gen)
+    samples = method.sample(model, max(fid_samples, 128), generator=gen)
     source.codec().render(samples[:64], folder / "samples.png")
+    np.save(folder / "samples.npy", samples.numpy().astype(np.uint8))
     result = {"name": name, "preset": preset, "steps": trainer.step, "train_cpu_s": spent,
               "bits_per_dim": entry["bits_per_unit"], "stderr": entry["stderr"],
               "test_images": entry["count"], "eval_cpu_s": eval_cpu,
               "num_steps_T": method.num_steps}
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     if fid_samples:
-        result["fid"] = _fid(samples[:fid_samples], source, out)
-        result["fid_samples"] = fid_samples
+        result = add_fid(folder, source, out, fid_samples)
+    return result
+
+
+def add_fid(folder: Path, source, out: Path, fid_samples: int) -> dict:
+    """FID of the first `fid_samples` of folder/samples.npy; written into result.json."""
+    import torch
+
+    torch.set_num_threads(1)
+    samples = torch.from_numpy(np.load(folder / "samples.npy").astype(np.int64))
+    result = json.loads((folder / "result.json").read_text())
+    result["fid"] = _fid(samples[:fid_samples], source, out)
+    result["fid_samples"] = min(fid_samples, len(samples))
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -143,6 +158,7 @@ def run_reference(out: Path) -> None:
 def table(results: list[dict], budget: float) -> str:
     order = {n: i for i, n in enumerate(PRESETS)}
     rows = sorted(results, key=lambda r: order[r["name"]])
+    budget = max((r["train_cpu_s"] for r in rows), default=budget)  # as spent (+ one step)
     lines = [f"Digits (scikit-learn, 8x8, 17 levels), {budget:.0f} CPU-s of training each, "
              f"full bound on the test images",
              "", "| model | steps | NLL bits/dim (test) | stderr | FID* |",
@@ -160,7 +176,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=240.0, help="training CPU seconds")
     parser.add_argument("--jobs", type=int, default=2, help="presets trained at once")
     parser.add_argument("--fid-samples", type=int, default=256)
-    parser.add_argument("--no-fid", action="store_true")
+    parser.add_argument("--no-fid", action="store_true", help="skip FID (samples are still saved)")
+    parser.add_argument("--fid-only", action="store_true",
+                        help="compute FID from the saved samples of an earlier run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-examples", type=int, help="evaluate only the first N test images "
                         "(smoke tests; default all 360)")
@@ -168,6 +186,17 @@ def main() -> int:
     parser.add_argument("--one", choices=list(PRESETS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.fid_only:  # FID afterwards, for runs made with --no-fid
+        from discrete_diffusion.data import digits
+
+        source = digits.build(digits.Config(), "digits")
+        folders = [args.out / PRESETS[n] for n in (args.only or PRESETS)]
+        results = [add_fid(f, source, args.out, args.fid_samples)
+                   for f in folders if (f / "samples.npy").is_file()]
+        text = table(results, args.budget)
+        (args.out / "table.md").write_text(text + "\n")
+        print(text)
+        return 0
     if args.one:
         print(json.dumps(run_one(args.one, args.out, args.budget, args.fid_samples, args.seed,
                                  args.test_examples)))
