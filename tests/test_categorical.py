@@ -134,3 +134,13 @@ def test_kl_ignores_probabilities_below_float_range() -> None:
     log_q = torch.tensor([[-0.1, -5.0, -3.0]]).log_softmax(-1)
     want = float(log_p[0, 0] - log_q[0, 0])  # the other terms are below 1e-80
     assert categorical_kl(log_p, log_q).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_log_matmul_exp_keeps_mass_far_below_the_row_maximum() -> None:
+    m = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    log_p = torch.tensor([[0.0, -2e4], [-5.0, 0.0]])  # the first row's mass maps to column 1
+    out = log_matmul_exp(log_p, m)
+    torch.testing.assert_close(out[0], torch.tensor([-2e4, 0.0]))
+    torch.testing.assert_close(out[1], torch.tensor([0.0, -5.0]))
+    batched = log_matmul_exp(log_p[None].expand(3, 2, 2), m[None].expand(3, 2, 2))
+    torch.testing.assert_close(batched[2], out)

@@ -71,8 +71,11 @@ def log1mexp(x: Tensor) -> Tensor:
 def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
     """log(p @ M) for log probabilities p and a non-negative matrix M, without underflow.
 
-    Each row of p is shifted by its maximum before exponentiation, so entries far below the
-    maximum lose nothing that matters and -inf stays -inf.
+    Each row of p is shifted by its maximum before exponentiation (float64), which is exact
+    unless a result depends only on entries more than ~700 nats below the row maximum (a p
+    that is near certain of a state that M maps elsewhere, e.g. logits of +-1e4 with zeros in
+    M): such results, -inf after the shift while p and M give them support, are recomputed
+    exactly as logsumexp_i(log p_i + log M_ij) for the rows concerned.
 
     Args:
         log_p: float [..., K] (or [B, N, K] with `matrix` [B, K, K] for a batched product).
@@ -80,10 +83,26 @@ def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
     Returns:
         [..., K'] in the dtype of `log_p`.
     """
-    shift = log_p.amax(-1, keepdim=True).clamp(min=-1e30)  # all -inf rows stay -inf, not NaN
-    p = (log_p.to(torch.float64) - shift.to(torch.float64)).exp()
-    out = torch.matmul(p, matrix).log() + shift.to(torch.float64)
+    lp = log_p.to(torch.float64)
+    shift = lp.amax(-1, keepdim=True).clamp(min=-1e30)  # all -inf rows stay -inf, not NaN
+    out = torch.matmul((lp - shift).exp(), matrix).log() + shift
+    support = torch.matmul((lp > -math.inf).to(torch.float64), (matrix > 0).to(torch.float64))
+    lost = torch.isneginf(out) & (support > 0)
+    if bool(lost.any()):
+        _recompute_rows(out, lp, matrix, lost.any(-1))
     return out.to(log_p.dtype)
+
+
+def _recompute_rows(out: Tensor, lp: Tensor, matrix: Tensor, rows: Tensor) -> None:
+    """Write logsumexp_i(lp_i + log M_ij) into the rows of `out` selected by `rows`."""
+    log_m = matrix.log()
+    if matrix.dim() == 2:
+        flat_out, flat_lp = out.view(-1, out.shape[-1]), lp.reshape(-1, lp.shape[-1])
+        idx = rows.reshape(-1).nonzero().squeeze(-1)
+        flat_out[idx] = torch.logsumexp(flat_lp[idx, :, None] + log_m[None], dim=1)
+        return
+    b, n = rows.nonzero(as_tuple=True)
+    out[b, n] = torch.logsumexp(lp[b, n, :, None] + log_m[b], dim=1)
 
 
 def uniform_noise(
