@@ -86,10 +86,12 @@ def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
     lp = log_p.to(torch.float64)
     shift = lp.amax(-1, keepdim=True).clamp(min=-1e30)  # all -inf rows stay -inf, not NaN
     out = torch.matmul((lp - shift).exp(), matrix).log() + shift
-    support = torch.matmul((lp > -math.inf).to(torch.float64), (matrix > 0).to(torch.float64))
-    lost = torch.isneginf(out) & (support > 0)
-    if bool(lost.any()):
-        _recompute_rows(out, lp, matrix, lost.any(-1))
+    zero = torch.isneginf(out)
+    if bool(zero.any()):  # rare: only then pay for a second product, the support of p @ M
+        support = torch.matmul((lp > -math.inf).to(torch.float64), (matrix > 0).to(torch.float64))
+        lost = zero & (support > 0)
+        if bool(lost.any()):
+            _recompute_rows(out, lp, matrix, lost.any(-1))
     return out.to(log_p.dtype)
 
 
