@@ -11,6 +11,10 @@ every other method needs that binding. Tables are built in float64; methods retu
 probabilities in the dtype of their floating input (float32 unless given float64), computed in
 log space where a closed form allows. Zero probabilities are -inf, never NaN.
 
+Optional fused operations (`sample_cumulative`, `log_q_posterior`, `log_p_posterior`,
+`posterior_kl`) may be defined by a subclass for speed; `D3PM` looks them up once and falls
+back to the generic path built on the methods below (see `process.py`).
+
 Shapes: `t` arguments are LongTensors of shape [B] (one time per example) where x has shape
 [B, ...]; `D3PM` normalises ints to that form before calling a transition.
 """
