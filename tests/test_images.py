@@ -127,8 +127,8 @@ def test_codec_round_trip_and_render(tmp_path):
     assert loaded.num_classes == 17 and loaded.example_shape == (1, 8, 8)
     x = torch.randint(0, 17, (5, 1, 8, 8))
     x[0] = 16
-    out = loaded.render(x, tmp_path / "grid.png")
-    grid = np.asarray(Image.open(out))
+    assert loaded.render(x, tmp_path / "grid.png") is None
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.max() == 255 and grid.ndim == 2
     with pytest.raises(ValueError, match="expects samples"):
         loaded.render(torch.zeros(2, 3, 8, 8, dtype=torch.long), tmp_path / "bad.png")

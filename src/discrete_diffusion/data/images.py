@@ -89,19 +89,22 @@ class ImageCodec(Codec):
             )
         return x
 
-    def render(self, x: Tensor | np.ndarray, out: str | Path | None = None) -> str:
-        """Write samples [N, C, H, W] as one PNG grid at `out` (required for images)."""
+    def render(self, x: Tensor | np.ndarray, out: str | Path | None = None) -> None:
+        """Write samples [N, C, H, W] as one PNG grid at `out` (required for images); returns
+        None, as there is no text to print."""
         from discrete_diffusion.figures.grid import save_grid
 
         if out is None:
             raise ValueError("rendering images needs an output path (--out FILE.png)")
-        return str(save_grid(self._check(x), self.num_classes, out))
+        save_grid(self._check(x), self.num_classes, out)
 
     def render_progressive(
-        self, trajectory: list[tuple[int, Tensor]], out: str | Path
-    ) -> str:
+        self, trajectory: list[tuple[int, Tensor]], out: str | Path | None = None
+    ) -> None:
         """Write the Figure 3 strip of `trajectory` [(t, x_t [N, C, H, W]), ...] to `out`."""
         from discrete_diffusion.figures.progressive import save_progressive
 
+        if out is None:
+            raise ValueError("rendering images needs an output path (--out FILE.png)")
         states = [(int(t), self._check(x_t)) for t, x_t in trajectory]
-        return str(save_progressive(states, self.num_classes, out))
+        save_progressive(states, self.num_classes, out)
