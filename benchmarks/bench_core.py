@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -157,16 +158,22 @@ def table_loss_step(repeats: int, backward: bool, names: set[str] | None) -> Non
 
 
 def _build_cost(build: Callable[[], dd.D3PM]) -> tuple[dd.D3PM, float, float]:
-    """The process, its build CPU seconds and wall seconds."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    proc = build()
-    return proc, time.process_time() - cpu, time.perf_counter() - wall
+    """The process, its build CPU seconds and wall seconds, with one BLAS thread (scipy's
+    eigensolver ignores torch.set_num_threads)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        cpu, wall = time.process_time(), time.perf_counter()
+        proc = build()
+        return proc, time.process_time() - cpu, time.perf_counter() - wall
 
 
 def table_memory(skip_nn: bool) -> None:
-    print(f"\nTable 2: transition tables at T = {T} (table_bytes; build = D3PM(...) construction)")
-    print("| process | K | tables MB | build CPU s | build wall s | reference implementation |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(f"\nTable 2: transition tables at T = {T} (table_bytes; build = D3PM(...) construction, "
+          f"1 thread; peak RSS = the benchmark process's maximum so far)")
+    print("| process | K | tables MB | build CPU s | build wall s | peak RSS GB "
+          "| reference implementation |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     rows = [("discretized-gaussian", 256, lambda: gaussian(256),
              "~1 GB (two float64 [T, K, K] arrays)")]
     if not skip_nn:
@@ -175,7 +182,9 @@ def table_memory(skip_nn: bool) -> None:
     for name, k, build, reference in rows:
         proc, cpu, wall = _build_cost(build)
         mb = proc.transition.table_bytes() / 1e6
-        print(f"| {name} | {k} | {mb:,.0f} | {cpu:.1f} | {wall:.1f} | {reference} |", flush=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        print(f"| {name} | {k} | {mb:,.0f} | {cpu:.1f} | {wall:.1f} | {rss:.2f} | {reference} |",
+              flush=True)
         del proc
 
 
@@ -209,6 +218,7 @@ def main() -> None:
                         help="skip the nearest-neighbour build at K = 8193 (minutes)")
     parser.add_argument("--only", default="", help="comma-separated process names of table 1")
     parser.add_argument("--no-memory", action="store_true", help="skip table 2")
+    parser.add_argument("--memory-only", action="store_true", help="print table 2 alone")
     parser.add_argument("--profile", default="", metavar="NAME:K",
                         help="profile one loss step instead of printing the tables")
     args = parser.parse_args()
@@ -219,7 +229,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; times are process CPU seconds")
     names = set(args.only.split(",")) if args.only else None
-    table_loss_step(args.repeats, args.backward, names)
+    if not args.memory_only:
+        table_loss_step(args.repeats, args.backward, names)
     if not args.no_memory:
         table_memory(args.skip_nn_8193)
 
