@@ -31,8 +31,7 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max
-from discrete_diffusion.transitions.base import Transition
-from discrete_diffusion.transitions.uniform import check_betas
+from discrete_diffusion.transitions.base import Transition, check_schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int, int], None]
@@ -51,7 +50,7 @@ class D3PM:
     def __init__(self, transition: Transition, betas: Tensor) -> None:
         if not isinstance(transition, Transition):
             raise ValueError(f"transition must be a Transition, got {type(transition).__name__}")
-        self._betas = check_betas(betas)
+        self._betas = check_schedule(betas)
         self.transition = transition
         transition.setup(self._betas)
         # Optional fused closed forms of a transition (see `Transition` subclasses Uniform and

@@ -110,6 +110,21 @@ class Transition(ABC):
         return self
 
 
+def check_schedule(betas: Tensor) -> Tensor:
+    """betas as float64 [T]: 1-D, length >= 1, finite, >= 0.
+
+    Only the sign is checked here: whether a beta is a probability in [0, 1] (Uniform,
+    Absorbing, MaskUniform), a rate (NearestNeighbor, Dense with a rate matrix) or a variance
+    (DiscretizedGaussian) is each transition's to check in `setup`.
+    """
+    if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
+        raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
+    betas = betas.detach().to(torch.float64)
+    if not bool(torch.isfinite(betas).all()) or bool((betas < 0).any()):
+        raise ValueError("betas must be finite and >= 0")
+    return betas
+
+
 def _nbytes(value: object) -> int:
     if isinstance(value, Tensor):
         return value.numel() * value.element_size()

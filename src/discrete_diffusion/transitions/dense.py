@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import log_matmul_exp
-from discrete_diffusion.transitions.base import Transition
-from discrete_diffusion.transitions.uniform import _check_int, check_betas
+from discrete_diffusion.transitions.base import Transition, check_schedule
+from discrete_diffusion.transitions.uniform import _check_int
 
 _ROW_TOL = 1e-6
 
@@ -66,7 +66,7 @@ class DenseTransition(Transition):
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
-        betas = check_betas(betas)
+        betas = check_schedule(betas)  # probabilities, or rates for Dense(rate=...)
         mats = check_stochastic(self._one_step_matrices(betas), f"{type(self).__name__} Q_t")
         k = self.num_classes
         if mats.shape != (betas.shape[0], k, k):
