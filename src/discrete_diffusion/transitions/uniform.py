@@ -147,6 +147,17 @@ class Uniform(KeepTransition):
         num_classes: K >= 2.
     """
 
+    def setup(self, betas: Tensor) -> None:
+        super().setup(betas)
+        # The fused posteriors evaluate log(1 + exp(log p~ + o_s)) with o_s = log(alphabar_s /
+        # c_s), c_s = (1 - alphabar_s)/K; p~ <= 1 bounds the argument by o_s. Whether every
+        # finite o_s keeps exp() in float32 range is a property of the schedule, decided here
+        # once rather than by a device sync per call.
+        log_a, log_1ma = self.log_cum
+        offsets = log_a - (log_1ma - math.log(self.num_classes))
+        finite = offsets[torch.isfinite(offsets)]
+        self._bounded = bool(finite.numel() == 0 or finite.max() <= _EXP_SAFE)
+
     def _dense(self, keep: float) -> Tensor:
         k = self.num_classes
         eye = torch.eye(k, dtype=torch.float64)
@@ -218,7 +229,6 @@ class Uniform(KeepTransition):
         log_r, lc0, lc1 = self._log_coefficients(s, t)
         log_a, lq0, _ = self._log_coefficients(None, s)
         hard = bool(torch.isneginf(lq0).any())  # some Qbar_s = I (s = 0): c = 0 there
-        bounded = hard or bool((log_a - lq0).max() <= _EXP_SAFE)
         n, dtype = log_x0.dim(), log_x0.dtype
         log_r, lc0, lc1, log_a, lq0 = (per_example(c, n - 1, dtype)
                                        for c in (log_r, lc0, lc1, log_a, lq0))
@@ -230,8 +240,8 @@ class Uniform(KeepTransition):
             out = torch.logaddexp(log_x0 + log_a.unsqueeze(-1), lq0.unsqueeze(-1)) + shift
         else:
             # log(r p + c) = log c + softplus(log p + log r - log c)
-            x = log_x0 + (log_a - lq0).unsqueeze(-1)
-            out = _softplus(x, bounded) + (lq0.unsqueeze(-1) + shift)
+            out = _softplus_shifted(log_x0, (log_a - lq0).unsqueeze(-1), self._bounded)
+            out = out.add_(lq0.unsqueeze(-1) + shift)
         return out.scatter_(-1, idx, (v_xt + lc1 - log_z).unsqueeze(-1))
 
     def posterior_kl(
@@ -261,8 +271,7 @@ class Uniform(KeepTransition):
         same = x_0 == x_t
         lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
         lp_xt = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
-        bounded = bool(offset.max() <= _EXP_SAFE)  # log p~ <= 0, so x <= offset
-        w_all = _softplus(log_x0 + offset.unsqueeze(-1), bounded).sum(-1)
+        w_all = _softplus_shifted(log_x0, offset.unsqueeze(-1), self._bounded).sum(-1)
         w_x0 = torch.nn.functional.softplus(lp_x0 + offset)
         w_xt = torch.nn.functional.softplus(lp_xt + offset)
         # p side: normaliser c0 + r (p~ Qbar_s)_{x_t}
@@ -306,15 +315,24 @@ def _check_int(t: int, low: int, high: int) -> None:
 _EXP_SAFE = 80.0
 
 
-def _softplus(x: Tensor, bounded: bool) -> Tensor:
-    """log(1 + exp(x)), elementwise; `bounded` promises x <= 80 (then exp cannot overflow).
+def _softplus_shifted(log_p: Tensor, offset: Tensor, bounded: bool) -> Tensor:
+    """log(1 + exp(log_p + offset)) = log(1 + e^offset p), elementwise, for log_p <= 0.
 
-    Arguments below -80 are clamped: they add under 2e-35, below float32 resolution of any
-    sum this enters, and exp() of them is many times slower than of moderate ones.
+    `bounded` promises offset <= 80, so e^offset p stays finite in float32: then three
+    passes (exp, scale, log1p; in place when no gradient is needed) and no K-wide sum
+    `log_p + offset` nor clamp. Otherwise softplus of the clamped sum (arguments below -80
+    add under 2e-35, and exp() of them is many times slower than of moderate ones).
+
+    Args:
+        log_p: float [..., K], log probabilities.
+        offset: float [..., 1], finite.
     """
-    if bounded:
-        return torch.log1p(torch.exp(x.clamp(min=-_EXP_SAFE)))
-    return torch.nn.functional.softplus(x.clamp(min=-_EXP_SAFE))
+    if not bounded:
+        return torch.nn.functional.softplus((log_p + offset).clamp(min=-_EXP_SAFE))
+    scale = offset.exp()
+    if torch.is_grad_enabled() and (log_p.requires_grad or offset.requires_grad):
+        return torch.log1p(log_p.exp() * scale)
+    return log_p.exp().mul_(scale).log1p_()
 
 
 def _weighted(log_q: Tensor, value: Tensor) -> Tensor:
