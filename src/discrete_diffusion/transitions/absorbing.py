@@ -65,8 +65,12 @@ class Absorbing(KeepTransition):
         """p Qbar_t = alphabar_t p + (1 - alphabar_t) e_m for a normalised p."""
         log_r, log_1mr = self._log_span(None, t)
         m, ndim = self.mask_index, log_x0.dim()
-        out = log_x0 + per_example(log_r, ndim, log_x0.dtype)
-        at_m = torch.logaddexp(out[..., m], per_example(log_1mr, ndim - 1, log_x0.dtype))
+        log_r = per_example(log_r, ndim, log_x0.dtype)
+        out = log_x0 + log_r
+        # from log_x0, not from a view of `out`: autograd keeps logaddexp's inputs, and the
+        # write below would modify a saved view
+        at_m = torch.logaddexp(log_x0[..., m] + log_r.squeeze(-1),
+                               per_example(log_1mr, ndim - 1, log_x0.dtype))
         out[..., m] = at_m
         return out
 

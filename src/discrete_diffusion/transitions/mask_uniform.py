@@ -175,7 +175,8 @@ class MaskUniform(Transition):
 
         Computed as log(p_j b / P + (1-b)/R) + log P + log a (four passes over [.., K]): the
         first term is a mixture of O(1) numbers, and where b = 1 (no uniform noise yet) the
-        exact log p_j is used instead.
+        exact log p_j is used instead. Where P underflows (p~ sure of the mask to within
+        e^-87) the tokens concerned are recomputed as log(b p_j + c P) in log space.
         """
         log_a, log_1ma, _, log_other, log_b = self._cumulative_logs(t)
         m, nd, dt = self.mask_index, log_x0.dim(), log_x0.dtype
@@ -189,6 +190,11 @@ class MaskUniform(Transition):
             exact = _per_example(log_other == _NEG_INF, nd, torch.bool)
             mixed = torch.where(exact, log_x0 - log_real_safe, mixed)
         out = mixed.add_(log_real + _per_example(log_a, nd, dt))
+        lost = log_real < math.log(torch.finfo(dt).tiny)
+        if bool(lost.any()):  # rare: P below the float range, where b / P is inexact
+            exact = _log_add(log_x0 + _per_example(log_b, nd, dt),
+                             log_real + _per_example(log_other, nd, dt))
+            out = torch.where(lost, exact + _per_example(log_a, nd, dt), out)
         out[..., m] = torch.logaddexp(log_pm, log_real.squeeze(-1)
                                       + _per_example(log_1ma, nd - 1, dt))
         return out
@@ -233,42 +239,45 @@ class MaskUniform(Transition):
         """
         f64, nd, m, r = torch.float64, x_t.dim(), self.mask_index, self.num_classes - 1
         span_a, cum_a = self._span_logs(s, t), self._cumulative_logs(s)
+        (l_A, l_1mA, _, l_u, l_B), (l_a, l_1ma, _, l_c, l_b) = (
+            [_per_example(v, nd, f64) for v in logs] for logs in (span_a, cum_a))
         (A, one_m_A, _, u, B), (a, one_m_a, _, c, b) = (
             [_per_example(v.exp(), nd, f64) for v in logs] for logs in (span_a, cum_a))
         lp_m = log_x0[..., m]
         lp_0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
         lp_t = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
-        real_mass = self._log_real_mass(log_x0, lp_m).to(f64).exp()  # P
-        p_m, p_0, p_t = (v.to(f64).exp() for v in (lp_m, lp_0, lp_t))
-        soft_m = p_m + one_m_a * real_mass
-        v_0, v_t = b * p_0 + c * real_mass, b * p_t + c * real_mass
+        l_real = self._log_real_mass(log_x0, lp_m).to(f64)  # log P
+        lp_m, lp_0, lp_t = (v.to(f64) for v in (lp_m, lp_0, lp_t))
+        # the p~ side in log space: p~ of a few 1e-4 nats underflows float64 probabilities
+        l_soft_m = _log_add(lp_m, l_1ma + l_real)  # (p~ Qbar_s)_m
+        l_v0, l_vt = (_log_add(l_b + lp, l_c + l_real) for lp in (lp_0, lp_t))
         is_m, same = x_t == m, (x_0 == x_t).to(f64)
         z_q = torch.where(is_m, one_m_A * a + one_m_a, A * a * (B * (b * same + c) + u))
-        z_p = torch.where(is_m, one_m_A * a * real_mass + soft_m,
-                          A * a * (B * v_t + u * real_mass))
+        l_zp = torch.where(is_m, _log_add(l_1mA + l_a + l_real, l_soft_m),
+                           l_A + l_a + _log_add(l_B + l_vt, l_u + l_real))
         z_q = torch.where(z_q > 0, z_q, 1.0)  # 0 only where x_t cannot follow x_0
-        log_zpq = _safe_log(z_p) - z_q.log()
+        log_zpq = l_zp - z_q.log()
         q_0 = torch.where(is_m, one_m_A, A * (B * same + u)) * a * (b + c) / z_q
         const = a * c / z_q  # q_j / q(x_t | x_s = j) for real j != x_0
         other = const * torch.where(is_m, one_m_A * (r - 1), A * (u * (r - 1) + B * (1 - same)))
         # sum over real j != x_0 of D_j = log1p(b p~_j / (c P)); zero where c P = 0
-        ok = (c > 0) & (real_mass > 0)
-        log_scale = torch.where(ok, b.log() - _safe_log(c) - _safe_log(real_mass), _NEG_INF)
+        ok = (c > 0) & (l_real > _NEG_INF)
+        log_scale = torch.where(ok, l_b - torch.where(ok, l_c + l_real, 0.0), _NEG_INF)
         ls = log_scale.to(log_x0.dtype)
         soft = torch.nn.functional.softplus
         # D_j >= 0 and mostly small: a float32 sum is accurate, a float64 one costs a cast pass
         sum_d = soft(log_x0 + ls.unsqueeze(-1)).sum(-1).to(f64)
-        sum_d = sum_d - soft(lp_m + ls).to(f64) - soft(lp_0 + ls).to(f64)
-        d_t = soft(lp_t + ls).to(f64)
+        sum_d = sum_d - soft(lp_m + log_scale) - soft(lp_0 + log_scale)
+        d_t = soft(lp_t + log_scale)
         weighted_d = const * torch.where(is_m, one_m_A * sum_d,
                                          A * (u * sum_d + B * (1 - same) * d_t))
-        gap = torch.where(other > 0, log_zpq - _safe_log(real_mass), 0.0)
-        kl = other * gap - weighted_d + q_0 * ((b + c).log() + log_zpq - _safe_log(v_0))
+        gap = torch.where(other > 0, log_zpq - l_real, 0.0)
+        kl = other * gap - weighted_d + q_0 * ((b + c).log() + log_zpq - l_v0)
         q_m = torch.where(is_m, one_m_a / z_q, 0.0)
-        kl_m = q_m * (_safe_log(one_m_a) - _safe_log(torch.where(q_m > 0, soft_m, 1.0)) + log_zpq)
+        kl_m = q_m * (_safe_log(one_m_a) - torch.where(q_m > 0, l_soft_m, 0.0) + log_zpq)
         kl = kl + torch.where(q_m > 0, kl_m, 0.0)
         # x_0 = m: the posterior is a point mass on the mask (x_t = m)
-        from_mask = _safe_log(z_p) - _safe_log(torch.where(x_0 == m, soft_m, 1.0))
+        from_mask = l_zp - torch.where(x_0 == m, l_soft_m, 0.0)
         return torch.where(x_0 == m, from_mask, kl).to(log_x0.dtype)
 
     def sample_cumulative(
@@ -294,6 +303,13 @@ def _safe_log(x: Tensor) -> Tensor:
     """log x with log 0 = -inf and no NaN gradient (the derivative at 0 is not taken)."""
     positive = x > 0
     return torch.where(positive, torch.where(positive, x, 1.0).log(), _NEG_INF)
+
+
+def _log_add(a: Tensor, b: Tensor) -> Tensor:
+    """log(e^a + e^b), -inf where both are -inf, with finite gradients there too."""
+    both = torch.isneginf(a) & torch.isneginf(b)
+    out = torch.logaddexp(torch.where(both, 0.0, a), torch.where(both, 0.0, b))
+    return torch.where(both, _NEG_INF, out)
 
 
 def _per_example(c: Tensor, ndim: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -1,0 +1,159 @@
+"""Fused closed forms (the optional hooks of D3PM) against the generic path and brute force.
+
+For Uniform, Absorbing and MaskUniform: the fused loss term equals the generic
+KL(q(x_s | x_t, x_0) || p(x_s | x_t)) at every (s, t) and every pair (x_0, x_t), with random
+and extreme logits, with and without autograd (the no-gradient path works in place);
+the fused q_sample draws from q(x_t | x_0) (chi-square on a fixed generator).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import brute
+import pytest
+import torch
+from scipy import stats
+
+from discrete_diffusion import D3PM, schedules
+from discrete_diffusion.categorical import categorical_kl
+from discrete_diffusion.transitions import Absorbing, MaskUniform, Uniform
+
+F64 = torch.float64
+K = 5
+SCHEDULES = {
+    "cosine": lambda: schedules.cosine(5),
+    "jsd": lambda: schedules.jsd(4),
+    # beta_1 = 1e-40: log(alphabar_1 / ((1 - alphabar_1) / K)) ~ 93 > 80, the unbounded path
+    "tiny_first": lambda: torch.tensor([1e-40, 0.2, 0.5, 1.0], dtype=F64),
+    "zero_then_one": lambda: torch.tensor([0.0, 0.3, 1.0, 0.2], dtype=F64),
+}
+
+
+def _transition(kind: str, steps: int):
+    if kind == "uniform":
+        return Uniform(K)
+    if kind == "absorbing":
+        return Absorbing(K, 2)
+    return MaskUniform(K, K - 1, schedules.linear(steps, 0.1, 0.4))
+
+
+def _pair(kind: str, schedule: str) -> tuple[D3PM, D3PM]:
+    """The process with its fused hooks, and the same process on the generic path."""
+    betas = SCHEDULES[schedule]()
+    fused = D3PM(_transition(kind, betas.shape[0]), betas)
+    generic = D3PM(_transition(kind, betas.shape[0]), betas)
+    for name in ("_sample_cumulative", "_log_q_posterior", "_log_p_posterior", "_posterior_kl"):
+        setattr(generic, name, None)
+    return fused, generic
+
+
+def _grid_logits(gen: torch.Generator, extreme: bool, x_t: torch.Tensor) -> torch.Tensor:
+    logits = torch.randn(1, K * K, K, generator=gen) * 3
+    if extreme:
+        logits = torch.sign(logits) * 1e4
+        logits.scatter_(-1, x_t[..., None], 1e4)  # x_t itself stays possible
+    return logits
+
+
+KINDS = ["uniform", "absorbing", "mask_uniform"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("extreme", [False, True])
+def test_fused_vb_term_equals_generic(kind: str, schedule: str, extreme: bool) -> None:
+    fused, generic = _pair(kind, schedule)
+    gen = torch.Generator().manual_seed(0)
+    x_0, x_t = (v.reshape(1, -1) for v in torch.meshgrid(torch.arange(K), torch.arange(K),
+                                                          indexing="ij"))
+    for s_, t_ in itertools.combinations(range(fused.num_steps + 1), 2):
+        s, t = torch.tensor([s_]), torch.tensor([t_])
+        log_x0 = _grid_logits(gen, extreme, x_t).log_softmax(-1)
+        reach = fused.cumulative_matrix(t_)[x_0, x_t] > 0  # pairs (x_0, x_t) that can occur
+        want = generic._vb_term(log_x0, x_0, x_t, s, t)
+        ok = reach & torch.isfinite(want)
+        got = fused._vb_term(log_x0, x_0, x_t, s, t)
+        torch.testing.assert_close(got[ok], want[ok], atol=2e-4, rtol=1e-4)
+        q_f, q_g = (p.q_posterior_logits(x_0, x_t, t, s=s) for p in (fused, generic))
+        brute.assert_log_close(q_f[reach], q_g[reach])
+        p_f, p_g = (p._p_logits(log_x0, x_t, s, t) for p in (fused, generic))
+        finite = torch.isfinite(p_g).any(-1)
+        brute.assert_log_close(p_f[finite], p_g[finite], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("schedule", ["cosine", "tiny_first"])
+def test_in_place_path_equals_autograd_path(kind: str, schedule: str) -> None:
+    """Without autograd the fused operations work in place; values must not change, and the
+    gradients through the autograd path must equal those of the generic path."""
+    fused, generic = _pair(kind, schedule)
+    gen = torch.Generator().manual_seed(3)
+    x_0 = torch.randint(0, K, (4, 6), generator=gen)
+    t = torch.tensor([1, 2, 3, fused.num_steps])
+    x_t = fused.q_sample(x_0, t, generator=gen)
+    logits = (torch.randn(4, 6, K, generator=gen, dtype=F64) * 4).requires_grad_(True)
+    log_x0 = logits.log_softmax(-1)
+    with torch.no_grad():
+        plain = fused._vb_term(log_x0, x_0, x_t, t - 1, t)
+        plain_p = fused._p_logits(log_x0, x_t, t - 1, t)
+    graded = fused._vb_term(log_x0, x_0, x_t, t - 1, t)
+    torch.testing.assert_close(plain, graded.detach(), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(plain_p, fused._p_logits(log_x0, x_t, t - 1, t).detach())
+    (g_fused,) = torch.autograd.grad(graded.sum(), logits)
+    log_x0 = logits.log_softmax(-1)
+    (g_generic,) = torch.autograd.grad(generic._vb_term(log_x0, x_0, x_t, t - 1, t).sum(),
+                                       logits)
+    assert torch.isfinite(g_fused).all()
+    torch.testing.assert_close(g_fused, g_generic, atol=1e-8, rtol=1e-6)
+
+
+def test_uniform_decides_exp_range_at_setup() -> None:
+    bounded, unbounded = Uniform(K), Uniform(K)
+    bounded.setup(SCHEDULES["cosine"]())
+    unbounded.setup(SCHEDULES["tiny_first"]())
+    assert bounded._bounded and not unbounded._bounded
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_q_sample_is_q(kind: str) -> None:
+    """Chi-square of the fused draws of x_t given each x_0 against q(x_t | x_0) = Qbar_t."""
+    proc, _ = _pair(kind, "cosine")
+    n, t = 4000, 3
+    gen = torch.Generator().manual_seed(11)
+    x_0 = torch.arange(K).repeat_interleave(n).view(K, n)
+    x_t = proc.q_sample(x_0, t, generator=gen)
+    want = brute.cumulative(proc.transition, t)
+    for x in range(K):
+        counts = torch.bincount(x_t[x], minlength=K).double()
+        support = want[x] > 0
+        assert (counts[~support] == 0).all()  # never an impossible state
+        if int(support.sum()) == 1:  # a certain outcome: every draw is it
+            assert counts[support].item() == n
+            continue
+        expected = n * want[x][support]
+        chi2 = float(((counts[support] - expected) ** 2 / expected).sum())
+        assert stats.chi2.sf(chi2, int(support.sum()) - 1) > 1e-4
+
+
+def test_training_losses_fused_vb_equals_generic_kl() -> None:
+    """training_losses' vb on the fused path equals categorical_kl of the public posteriors
+    for the same draws (same generator, same t and x_t)."""
+    proc, _ = _pair("uniform", "cosine")
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 4, K, generator=gen)
+    x_0 = torch.randint(0, K, (3, 4), generator=gen)
+    seen = {}
+
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen["x_t"], seen["t"] = x_t, t
+        return logits
+
+    out = proc.training_losses(denoiser, x_0, loss="vb", generator=gen)
+    x_t, t = seen["x_t"], seen["t"]
+    log_q = proc.q_posterior_logits(x_0, x_t, t)
+    log_p = proc.p_logits(logits, x_t, t)
+    kl = categorical_kl(log_q, log_p)
+    decoder = -log_p.gather(-1, x_0[..., None]).squeeze(-1)
+    want = torch.where((t == 1)[:, None], decoder, kl).sum(-1)
+    torch.testing.assert_close(out["vb"], want, atol=1e-4, rtol=1e-5)
