@@ -248,13 +248,19 @@ class Uniform(KeepTransition):
         self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
     ) -> Tensor:
         """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...], with one K-wide
-        softplus and sum (the posterior q takes three values: at x_0, at x_t, elsewhere).
+        pass (exp, scale, log1p, sum) and O(1) further work per token.
 
-        With v_j = log(r_s p~_j + c), c = (1 - r_s)/K, write v_j = log c + w_j,
-        w_j = softplus(log p~_j + log r_s - log c) >= 0. Off {x_0, x_t} the log ratio
-        log q_j - log p_j is (log Z_p - log Z_q) - w_j, so the sum over those j needs only
-        W = sum_j w_j. Where Qbar_s = I (s = 0) the posterior is a point mass on x_0 and the
-        KL is -log p(x_0 | x_t).
+        Both posteriors share the column factor q(x_t | x_s = j) = Q_{s->t}[j, x_t]. With
+        c = (1 - r_s)/K (r_s = alphabar_s) and w_j = log(1 + r_s p~_j / c) >= 0,
+            log q_j - log p_j = [j = x_0] log(Qbar_s[x_0, x_0] / c) - w_j + log Z_p - log Z_q,
+        so, as sum_j q_j = 1,
+            KL = log Z_p - log Z_q + q_{x_0} log(Qbar_s[x_0, x_0] / c) - sum_j q_j w_j.
+        q takes three values (at x_0, at x_t, elsewhere: q_b), so
+            sum_j q_j w_j = q_b W + (q_{x_0} - q_b) w_{x_0} + [x_0 != x_t] (q_{x_t} - q_b) w_{x_t}
+        with W = sum_j w_j. Z_q, the q values and the constant depend only on the example
+        and on whether x_0 = x_t: they are computed per example for both cases. Z_p is
+        c0 + r (p~ Qbar_s)_{x_t} (c0 = (1 - r)/K, r of the span). Where Qbar_s = I (s = 0)
+        the posterior is a point mass on x_0 and the KL is -log p(x_0 | x_t).
 
         Args:
             x_0, x_t: LongTensor [B, ...].
@@ -263,34 +269,52 @@ class Uniform(KeepTransition):
         """
         log_r, lc0, lc1 = self._log_coefficients(s, t)
         log_a, lq0, lq1 = self._log_coefficients(None, s)
-        n, dtype = x_t.dim(), log_x0.dtype
-        log_r, lc0, lc1, log_a, lq0, lq1 = (per_example(c, n, dtype)
-                                            for c in (log_r, lc0, lc1, log_a, lq0, lq1))
         hard = torch.isneginf(lq0)  # Qbar_s = I: x_s = x_0
-        offset = torch.where(hard, 0.0, log_a - lq0)  # finite everywhere, used where not hard
+        # finite stand-ins where hard, so no inf reaches a gradient through the discarded side
+        lq0 = torch.where(hard, lq1 - 1.0, lq0)
+        const, q_b, d_x0, d_xt = self._posterior_tables(lc0, lc1, lq0, lq1)
+        n, dtype = x_t.dim(), log_x0.dtype
+        offset = torch.where(hard, 0.0, log_a - lq0)
+        log_r, lc0, lc1, log_a, lq0, offset, hard_ = (
+            per_example(c, n, dtype) for c in (log_r, lc0, lc1, log_a, lq0, offset, hard))
         same = x_0 == x_t
+        const, q_b, d_x0, d_xt = (torch.where(same, per_example(v[:, 1], n, dtype),
+                                              per_example(v[:, 0], n, dtype))
+                                  for v in (const, q_b, d_x0, d_xt))
         lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
         lp_xt = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
         w_all = _softplus_shifted(log_x0, offset.unsqueeze(-1), self._bounded).sum(-1)
         w_x0 = torch.nn.functional.softplus(lp_x0 + offset)
         w_xt = torch.nn.functional.softplus(lp_xt + offset)
-        # p side: normaliser c0 + r (p~ Qbar_s)_{x_t}
-        v_xt = torch.where(hard, lp_xt, torch.logaddexp(lp_xt + log_a, lq0))
+        v_xt = torch.logaddexp(lp_xt + log_a, lq0)  # log (p~ Qbar_s)_{x_t}
+        v_xt = torch.where(hard_ > 0, lp_xt, v_xt)
         log_zp = torch.logaddexp(lc0, log_r + v_xt)
-        # q side: entries lc0 + lq0 (elsewhere), lc1 + lq{0,1} (x_t), lc0 + lq1 (x_0)
-        base = lc0 + lq0
-        at_xt = lc1 + torch.where(same, lq1, lq0)
-        at_x0 = lc0 + lq1
-        n_base = torch.where(same, self.num_classes - 1.0, self.num_classes - 2.0)
-        log_zq = torch.stack([n_base.log() + base, at_xt,
-                              torch.where(same, -math.inf, at_x0)]).logsumexp(0)
-        w_base = w_all - w_xt - torch.where(same, 0.0, w_x0)
-        kl_base = _weighted((base - log_zq), n_base * (log_zp - log_zq) - w_base)
-        kl_xt = _plogp_ratio(at_xt - log_zq, v_xt + lc1 - log_zp)
-        kl_x0 = _plogp_ratio(at_x0 - log_zq, lq0 + w_x0 + lc0 - log_zp)
-        kl = kl_base + kl_xt + torch.where(same, 0.0, kl_x0)
+        kl = log_zp + const - (q_b * w_all + d_x0 * w_x0 + d_xt * w_xt)
         decoder = log_zp - torch.where(same, lc1, lc0) - lp_x0  # -log p(x_0 | x_t), hard case
-        return torch.where(hard, decoder, kl)
+        return torch.where(hard_ > 0, decoder, kl)
+
+    def _posterior_tables(
+        self, lc0: Tensor, lc1: Tensor, lq0: Tensor, lq1: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per example [B, 2] float64 (column 0: x_0 != x_t, column 1: x_0 = x_t) for
+        `posterior_kl`: -log Z_q + q_{x_0} log(Qbar_s[x_0, x_0] / c), q_b, q_{x_0} - q_b and
+        [x_0 != x_t] (q_{x_t} - q_b).
+
+        Args:
+            lc0, lc1: log Q_{s->t} off and on the diagonal, float64 [B].
+            lq0, lq1: log Qbar_s off and on the diagonal, float64 [B], finite.
+        """
+        k = self.num_classes
+        base = lc0 + lq0  # log of the unnormalised q elsewhere
+        at_xt = torch.stack([lc1 + lq0, lc1 + lq1], -1)
+        at_x0 = torch.stack([lc0 + lq1, lc1 + lq1], -1)
+        n_base = torch.tensor([k - 2.0, k - 1.0], dtype=torch.float64, device=base.device)
+        no_x0 = torch.tensor([0.0, -math.inf], dtype=torch.float64, device=base.device)
+        log_zq = torch.stack([n_base.log() + base[:, None], at_xt, at_x0 + no_x0]).logsumexp(0)
+        q_b, q_x0, q_xt = ((v - log_zq).exp() for v in (base[:, None], at_x0, at_xt))
+        const = q_x0 * (lq1 - lq0)[:, None] - log_zq
+        d_xt = (q_xt - q_b) * torch.tensor([1.0, 0.0], dtype=torch.float64, device=base.device)
+        return const, q_b, q_x0 - q_b, d_xt
 
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
