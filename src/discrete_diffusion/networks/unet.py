@@ -135,6 +135,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(g, c)
         out_channels = channels * (num_classes if cfg.head == "logits" else 2)
         self.conv_out = _zero(nn.Conv2d(c, out_channels, 3, padding=1))
+        self._head = self._logits_head if cfg.head == "logits" else self._logistic_head
 
     def _build_down(self, cfg: Config, temb_dim: int) -> tuple[nn.ModuleList, list[int], int]:
         layers, skips, c = nn.ModuleList(), [cfg.ch], cfg.ch
@@ -171,6 +172,14 @@ class UNet(nn.Module):
         return layers, c
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """Logits of p~(x_0 | x_t).
+
+        Args:
+            x_t: LongTensor [B, C, H, W], values 0..K-1.
+            t: LongTensor [B] (or one value), times in 1..T.
+        Returns:
+            float [B, C, H, W, K].
+        """
         b = x_t.shape[0]
         x_norm = x_t.to(torch.float32) / (self.num_classes - 1) * 2.0 - 1.0
         temb = self.temb(timestep_embedding(t.reshape(-1).expand(b), self.num_steps, self.cfg.ch))
@@ -190,13 +199,18 @@ class UNet(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))
         return self._head(h, x_t, x_norm)
 
-    def _head(self, h: Tensor, x_t: Tensor, x_norm: Tensor) -> Tensor:
+    def _logits_head(self, h: Tensor, x_t: Tensor, x_norm: Tensor) -> Tensor:
+        """h [B, C*K, H, W] -> h + one_hot(x_t) [B, C, H, W, K] (the authors' residual)."""
         b, c, height, width = x_t.shape
-        if self.cfg.head == "logits":
-            h = h.reshape(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
-            return h + F.one_hot(x_t, self.num_classes).to(h.dtype)
+        h = h.reshape(b, c, self.num_classes, height, width).permute(0, 1, 3, 4, 2)
+        return h + F.one_hot(x_t, self.num_classes).to(h.dtype)
+
+    def _logistic_head(self, h: Tensor, x_t: Tensor, x_norm: Tensor) -> Tensor:
+        """h [B, 2C, H, W] -> truncated discretized logistic log-probabilities [B, C, H, W, K],
+        loc = tanh(loc_raw + x_t normalised) (appendix A.8)."""
         from discrete_diffusion import logistic
 
+        b, c, height, width = x_t.shape
         loc_raw, log_scale = h.reshape(b, 2, c, height, width).unbind(1)
         loc = torch.tanh(loc_raw + x_norm)
         return logistic.logits(loc, log_scale, self.num_classes)
