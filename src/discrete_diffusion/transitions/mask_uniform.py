@@ -237,12 +237,15 @@ class MaskUniform(Transition):
             log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
             s, t: LongTensor [B], 0 <= s < t.
         """
-        f64, nd, m, r = torch.float64, x_t.dim(), self.mask_index, self.num_classes - 1
+        f64, nd, m = torch.float64, x_t.dim(), self.mask_index
         span_a, cum_a = self._span_logs(s, t), self._cumulative_logs(s)
         (l_A, l_1mA, _, l_u, l_B), (l_a, l_1ma, _, l_c, l_b) = (
             [_per_example(v, nd, f64) for v in logs] for logs in (span_a, cum_a))
-        (A, one_m_A, _, u, B), (a, one_m_a, _, c, b) = (
-            [_per_example(v.exp(), nd, f64) for v in logs] for logs in (span_a, cum_a))
+        is_m = x_t == m
+        case = torch.where(is_m, 0, torch.where(x_0 == x_t, 1, 2))
+        batch = torch.arange(x_t.shape[0], device=x_t.device).view(-1, *([1] * (nd - 1)))
+        l_zq, q_0, other, c_sum, c_dt, k_0, q_m, k_m = (
+            self._kl_tables(span_a, cum_a)[batch, case].unbind(-1))
         lp_m = log_x0[..., m]
         lp_0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
         lp_t = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
@@ -251,34 +254,51 @@ class MaskUniform(Transition):
         # the p~ side in log space: p~ of a few 1e-4 nats underflows float64 probabilities
         l_soft_m = _log_add(lp_m, l_1ma + l_real)  # (p~ Qbar_s)_m
         l_v0, l_vt = (_log_add(l_b + lp, l_c + l_real) for lp in (lp_0, lp_t))
-        is_m, same = x_t == m, (x_0 == x_t).to(f64)
-        z_q = torch.where(is_m, one_m_A * a + one_m_a, A * a * (B * (b * same + c) + u))
         l_zp = torch.where(is_m, _log_add(l_1mA + l_a + l_real, l_soft_m),
                            l_A + l_a + _log_add(l_B + l_vt, l_u + l_real))
-        z_q = torch.where(z_q > 0, z_q, 1.0)  # 0 only where x_t cannot follow x_0
-        log_zpq = l_zp - z_q.log()
-        q_0 = torch.where(is_m, one_m_A, A * (B * same + u)) * a * (b + c) / z_q
-        const = a * c / z_q  # q_j / q(x_t | x_s = j) for real j != x_0
-        other = const * torch.where(is_m, one_m_A * (r - 1), A * (u * (r - 1) + B * (1 - same)))
+        log_zpq = l_zp - l_zq
         # sum over real j != x_0 of D_j = log1p(b p~_j / (c P)); zero where c P = 0
-        ok = (c > 0) & (l_real > _NEG_INF)
+        ok = (l_c > _NEG_INF) & (l_real > _NEG_INF)
         log_scale = torch.where(ok, l_b - torch.where(ok, l_c + l_real, 0.0), _NEG_INF)
-        ls = log_scale.to(log_x0.dtype)
         soft = torch.nn.functional.softplus
         # D_j >= 0 and mostly small: a float32 sum is accurate, a float64 one costs a cast pass
-        sum_d = soft(log_x0 + ls.unsqueeze(-1)).sum(-1).to(f64)
+        ls = log_scale.to(log_x0.dtype).unsqueeze(-1)
+        sum_d = soft(log_x0 + ls).sum(-1).to(f64)
         sum_d = sum_d - soft(lp_m + log_scale) - soft(lp_0 + log_scale)
         d_t = soft(lp_t + log_scale)
-        weighted_d = const * torch.where(is_m, one_m_A * sum_d,
-                                         A * (u * sum_d + B * (1 - same) * d_t))
-        gap = torch.where(other > 0, log_zpq - l_real, 0.0)
-        kl = other * gap - weighted_d + q_0 * ((b + c).log() + log_zpq - l_v0)
-        q_m = torch.where(is_m, one_m_a / z_q, 0.0)
-        kl_m = q_m * (_safe_log(one_m_a) - torch.where(q_m > 0, l_soft_m, 0.0) + log_zpq)
-        kl = kl + torch.where(q_m > 0, kl_m, 0.0)
+        kl = (torch.where(other > 0, other * (log_zpq - l_real), 0.0) - c_sum * sum_d
+              - c_dt * d_t + q_0 * (log_zpq - l_v0) + k_0)
+        kl = kl + torch.where(q_m > 0, q_m * (log_zpq - l_soft_m) + k_m, 0.0)
         # x_0 = m: the posterior is a point mass on the mask (x_t = m)
         from_mask = l_zp - torch.where(x_0 == m, l_soft_m, 0.0)
         return torch.where(x_0 == m, from_mask, kl).to(log_x0.dtype)
+
+    def _kl_tables(self, span_a: tuple[Tensor, ...], cum_a: tuple[Tensor, ...]) -> Tensor:
+        """Per-example coefficients of `posterior_kl`, float64 [B, 3, 8], for the cases
+        x_t = m (0), x_t = x_0 real (1), x_t != x_0 real (2): log Z_q, q_{x_0}, the q mass on
+        real j not in {x_0, x_t} (`other`), the weights of sum_j D_j and of D_{x_t},
+        q_{x_0} log(b + c), q_m and q_m log(1 - a).
+
+        Args:
+            span_a: `_span_logs(s, t)`; cum_a: `_cumulative_logs(s)`, each five float64 [B].
+        """
+        r = self.num_classes - 1
+        (A, one_m_A, _, u, B), (a, one_m_a, _, c, b) = (
+            [v.exp() for v in logs] for logs in (span_a, cum_a))
+        z_q = torch.stack([one_m_A * a + one_m_a, A * a * (B * (b + c) + u),
+                           A * a * (B * c + u)], -1)
+        z_q = torch.where(z_q > 0, z_q, 1.0)  # 0 only where x_t cannot follow x_0
+        q_0 = torch.stack([one_m_A, A * (B + u), A * u], -1) * (a * (b + c))[:, None] / z_q
+        const = (a * c)[:, None] / z_q  # q_j / q(x_t | x_s = j) for real j != x_0
+        zero = torch.zeros_like(A)
+        other = const * torch.stack([one_m_A * (r - 1), A * u * (r - 1),
+                                     A * (u * (r - 1) + B)], -1)
+        c_sum = const * torch.stack([one_m_A, A * u, A * u], -1)
+        c_dt = const * torch.stack([zero, zero, A * B], -1)
+        q_m = torch.stack([one_m_a, zero, zero], -1) / z_q
+        k_m = torch.where(q_m > 0, q_m * _safe_log(one_m_a)[:, None], 0.0)
+        return torch.stack([z_q.log(), q_0, other, c_sum, c_dt, q_0 * (b + c).log()[:, None],
+                            q_m, k_m], -1)
 
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None
