@@ -35,7 +35,12 @@ def _transition(kind: str, steps: int):
         return Uniform(K)
     if kind == "absorbing":
         return Absorbing(K, 2)
-    return MaskUniform(K, K - 1, schedules.linear(steps, 0.1, 0.4))
+    if kind == "mask_uniform":
+        return MaskUniform(K, K - 1, schedules.linear(steps, 0.1, 0.4))
+    # a full uniform reset at step 2 (b = 0 from s = 2 on: log b = -inf in the hot paths)
+    uniform = torch.full((steps,), 0.2, dtype=F64)
+    uniform[1] = 1.0
+    return MaskUniform(K, 1, uniform)
 
 
 def _pair(kind: str, schedule: str) -> tuple[D3PM, D3PM]:
@@ -56,7 +61,7 @@ def _grid_logits(gen: torch.Generator, extreme: bool, x_t: torch.Tensor) -> torc
     return logits
 
 
-KINDS = ["uniform", "absorbing", "mask_uniform"]
+KINDS = ["uniform", "absorbing", "mask_uniform", "mask_uniform_reset"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,11 +113,16 @@ def test_in_place_path_equals_autograd_path(kind: str, schedule: str) -> None:
     torch.testing.assert_close(g_fused, g_generic, atol=1e-8, rtol=1e-6)
 
 
-def test_uniform_decides_exp_range_at_setup() -> None:
+def test_range_properties_are_decided_at_setup() -> None:
     bounded, unbounded = Uniform(K), Uniform(K)
     bounded.setup(SCHEDULES["cosine"]())
     unbounded.setup(SCHEDULES["tiny_first"]())
     assert bounded._bounded and not unbounded._bounded
+    cosine = SCHEDULES["cosine"]()
+    positive, reset = _transition("mask_uniform", 5), _transition("mask_uniform_reset", 5)
+    positive.setup(cosine)
+    reset.setup(cosine)
+    assert positive._b_positive and not reset._b_positive
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -74,6 +74,8 @@ class MaskUniform(Transition):
         steps = torch.arange(betas.shape[0] + 1)
         # the five span logs of Qbar_t for every t, gathered in the hot paths
         self.cumulative_logs = torch.stack(self._span_logs(torch.zeros_like(steps), steps), 1)
+        # b = prod_{u <= s} (1 - u_u) > 0 at every s < T: log b is finite in the hot paths
+        self._b_positive = bool(torch.isfinite(self.cumulative_logs[:-1, 4]).all())
 
     @property
     def num_steps(self) -> int:
@@ -218,6 +220,85 @@ class MaskUniform(Transition):
         if m == 0:
             return log_x0[..., 1:]
         return log_x0.index_fill(-1, self._mask_tensor(log_x0), _NEG_INF)
+
+    # ----- fused posterior (optional hook of D3PM) ------------------------------------------
+    def log_q_posterior(self, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log q(x_s | x_t, x_0), eq. (3), for integer x_0, float32 [B, ..., K].
+
+        q(x_s = j | x_t, x_0) is proportional to Q_{s->t}[j, x_t] Qbar_s[x_0, j]; both factors
+        are one value on the real tokens off {x_0, x_t} and other values at x_0, x_t and m, so
+        the normaliser is a sum of four terms per token and the output is one fill and three
+        scatters.
+        """
+        span = [_per_example(v, x_t.dim(), torch.float64) for v in self._span_logs(s, t)]
+        cum = [_per_example(v, x_t.dim(), torch.float64) for v in self._cumulative_logs(s)]
+        m, r = self.mask_index, self.num_classes - 1
+        x0_m, xt_m = x_0 == m, x_t == m
+        mask = torch.full_like(x_t, m)
+
+        def log_q(j: Tensor) -> Tensor:
+            """log Q_{s->t}[j, x_t] + log Qbar_s[x_0, j] for a state j [B, ...]."""
+            j_m = j == m
+            col = torch.where(xt_m, torch.where(j_m, 0.0, span[1]),
+                              torch.where(j_m, _NEG_INF, span[0] + torch.where(
+                                  j == x_t, span[2], span[3])))
+            row = torch.where(x0_m, torch.where(j_m, 0.0, _NEG_INF),
+                              torch.where(j_m, cum[1], cum[0] + torch.where(
+                                  j == x_0, cum[2], cum[3])))
+            return col + row
+
+        # a real j off {x_0, x_t}: x_0 != j, x_t != j
+        other = (torch.where(xt_m, span[1], span[0] + span[3])
+                 + torch.where(x0_m, _NEG_INF, cum[0] + cum[3]))
+        at_m, at_x0, at_xt = log_q(mask), log_q(x_0), log_q(x_t)
+        n_other = r - (~x0_m).double() - (~xt_m & (x_t != x_0)).double()
+        log_z = torch.stack([n_other.log() + other, at_m,
+                             torch.where(x0_m, _NEG_INF, at_x0),
+                             torch.where(xt_m | (x_t == x_0), _NEG_INF, at_xt)]).logsumexp(0)
+        out = (other - log_z).float().unsqueeze(-1).expand(*x_t.shape, self.num_classes)
+        out = out.clone()
+        for j, v in ((mask, at_m), (x_0, at_x0), (x_t, at_xt)):
+            out.scatter_(-1, j.unsqueeze(-1), (v - log_z).float().unsqueeze(-1))
+        return out
+
+    def log_p_posterior(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """Normalised log p(x_s | x_t), eq. (4), from normalised log p~(x_0 | x_t).
+
+        p(x_s = j | x_t) is proportional to Q_{s->t}[j, x_t] (p~ Qbar_s)_j with
+        (p~ Qbar_s)_j = a V_j, V_j = b p~_j + c P on real j (P = 1 - p~_m), and
+        sum_{real j} V_j = P. The column is one value kappa on the real tokens except x_t
+        (kappa' there, 0 at m) for a real x_t, and 1 - A on the real tokens (1 at m) for
+        x_t = m; so the normaliser is a (kappa P + (kappa' - kappa) V_{x_t}), resp.
+        (1 - A) a P + (p~ Qbar_s)_m, per token, and the only K-wide work is
+        log V_j = logaddexp(log b + log p~_j, log c + log P), exact also where c = 0.
+        """
+        nd, dt, m, f64 = x_t.dim(), log_x0.dtype, self.mask_index, torch.float64
+        l_A, l_1mA, l_same, l_other, l_B = (_per_example(v, nd, f64) for v in self._span_logs(s, t))
+        l_a, l_1ma, _, l_c, l_b = (_per_example(v, nd, f64) for v in self._cumulative_logs(s))
+        xt_m = x_t == m
+        lp_m = log_x0[..., m]
+        l_real = self._log_real_mass(log_x0, lp_m).to(f64)  # log P
+        lp_xt = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1).to(f64)
+        l_vt = _log_add(l_b + lp_xt, l_c + l_real)
+        l_kappa = l_A + l_other
+        log_z_real = l_a + _log_add(l_kappa + l_real, l_A + l_B + l_vt)
+        soft_m = _log_add(lp_m.to(f64), l_1ma + l_real)  # (p~ Qbar_s)_m
+        log_z_mask = _log_add(l_1mA + l_a + l_real, soft_m)
+        base = torch.where(xt_m, l_1mA + l_a - log_z_mask, l_kappa + l_a - log_z_real)
+        at_m = torch.where(xt_m, soft_m - log_z_mask, _NEG_INF)
+        at_xt = torch.where(xt_m, at_m, l_A + l_same + l_a + l_vt - log_z_real)
+        if self._b_positive:  # log V_j = log b + logaddexp(log p~_j, log(c P / b)): one pass
+            log_v = torch.logaddexp(log_x0, (l_c + l_real - l_b).to(dt).unsqueeze(-1))
+            base = base + l_b
+        else:
+            log_v = torch.logaddexp(log_x0 + _per_example(l_b, nd + 1, dt),
+                                    (l_c + l_real).to(dt).unsqueeze(-1))
+        base = base.to(dt).unsqueeze(-1)
+        # logaddexp keeps its result for the gradient: add in place only without autograd
+        out = log_v + base if log_v.requires_grad else log_v.add_(base)
+        out.scatter_(-1, x_t.unsqueeze(-1), at_xt.to(dt).unsqueeze(-1))
+        out[..., m] = at_m.to(dt)
+        return out
 
     # ----- fused bound term (optional hook of D3PM) -----------------------------------------
     def posterior_kl(
