@@ -36,11 +36,13 @@ def _transition(kind: str, steps: int):
     if kind == "absorbing":
         return Absorbing(K, 2)
     if kind == "mask_uniform":
-        return MaskUniform(K, K - 1, schedules.linear(steps, 0.1, 0.4))
-    # a full uniform reset at step 2 (b = 0 from s = 2 on: log b = -inf in the hot paths)
-    uniform = torch.full((steps,), 0.2, dtype=F64)
-    uniform[1] = 1.0
-    return MaskUniform(K, 1, uniform)
+        tr = MaskUniform(K, K - 1, schedules.linear(steps, 0.1, 0.4))
+    else:  # a full uniform reset at step 2 (b = 0 from s = 2 on: log b = -inf)
+        uniform = torch.full((steps,), 0.2, dtype=F64)
+        uniform[1] = 1.0
+        tr = MaskUniform(K, 1, uniform)
+    tr._fused_posteriors = True  # the closed forms, used from FUSED_MIN_CLASSES classes on
+    return tr
 
 
 def _pair(kind: str, schedule: str) -> tuple[D3PM, D3PM]:
@@ -167,3 +169,27 @@ def test_training_losses_fused_vb_equals_generic_kl() -> None:
     decoder = -log_p.gather(-1, x_0[..., None]).squeeze(-1)
     want = torch.where((t == 1)[:, None], decoder, kl).sum(-1)
     torch.testing.assert_close(out["vb"], want, atol=1e-4, rtol=1e-5)
+
+
+def test_mask_uniform_small_vocabularies_compose_the_posteriors() -> None:
+    """Below FUSED_MIN_CLASSES the hooks compose the structured operations; at and above it
+    they use the closed forms; both give the same posteriors."""
+    from discrete_diffusion.transitions.mask_uniform import FUSED_MIN_CLASSES
+
+    small, large = (MaskUniform(k, 0, schedules.linear(3, 0.1, 0.3))
+                    for k in (FUSED_MIN_CLASSES - 1, FUSED_MIN_CLASSES))
+    assert not small._fused_posteriors and large._fused_posteriors
+    betas = schedules.linear(3, 0.2, 0.5)
+    gen = torch.Generator().manual_seed(4)
+    for tr in (small, large):
+        k = tr.num_classes
+        proc = D3PM(tr, betas)
+        x_0 = torch.randint(0, k, (3, 8), generator=gen)
+        t = torch.tensor([1, 2, 3])
+        x_t = proc.q_sample(x_0, t, generator=gen)
+        log_x0 = (torch.randn(3, 8, k, generator=gen) * 3).log_softmax(-1)
+        fused = [tr.log_q_posterior(x_0, x_t, t - 1, t), tr.log_p_posterior(log_x0, x_t, t - 1, t)]
+        tr._fused_posteriors = not tr._fused_posteriors
+        other = [tr.log_q_posterior(x_0, x_t, t - 1, t), tr.log_p_posterior(log_x0, x_t, t - 1, t)]
+        for a, b in zip(fused, other):
+            brute.assert_log_close(a, b, atol=1e-5)

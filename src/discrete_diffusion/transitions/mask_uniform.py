@@ -36,6 +36,7 @@ from discrete_diffusion.transitions.uniform import check_betas, keep_tables, log
 __all__ = ["MaskUniform"]
 
 _NEG_INF = -math.inf
+FUSED_MIN_CLASSES = 64  # see `log_q_posterior`
 
 
 class MaskUniform(Transition):
@@ -62,6 +63,9 @@ class MaskUniform(Transition):
         self.cumulative_logs: Tensor | None = None  # float64 [T+1, 5], see _span_logs
         self.uniform_keep = keep_tables(self.uniform_betas)  # keep_tables of u_t
         self._log_real = math.log(num_classes - 1)
+        # below this many classes the generic posteriors (a few passes over short rows) cost
+        # less than the per-token work of the closed forms
+        self._fused_posteriors = num_classes >= FUSED_MIN_CLASSES
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
@@ -228,8 +232,12 @@ class MaskUniform(Transition):
         q(x_s = j | x_t, x_0) is proportional to Q_{s->t}[j, x_t] Qbar_s[x_0, j]; both factors
         are one value on the real tokens off {x_0, x_t} and other values at x_0, x_t and m, so
         the normaliser is a sum of four terms per token and the output is one fill and three
-        scatters.
+        scatters. Below FUSED_MIN_CLASSES classes (set at construction) both posteriors are
+        composed from the structured operations instead, which is then faster.
         """
+        if not self._fused_posteriors:
+            col = self.log_transition_column(x_t, s, t)
+            return (col + self.log_cumulative(x_0, s)).log_softmax(-1)
         span = [_per_example(v, x_t.dim(), torch.float64) for v in self._span_logs(s, t)]
         cum = [_per_example(v, x_t.dim(), torch.float64) for v in self._cumulative_logs(s)]
         m, r = self.mask_index, self.num_classes - 1
@@ -272,6 +280,9 @@ class MaskUniform(Transition):
         (1 - A) a P + (p~ Qbar_s)_m, per token, and the only K-wide work is
         log V_j = logaddexp(log b + log p~_j, log c + log P), exact also where c = 0.
         """
+        if not self._fused_posteriors:
+            col = self.log_transition_column(x_t, s, t)
+            return (col + self.log_cumulative_soft(log_x0, s)).log_softmax(-1)
         nd, dt, m, f64 = x_t.dim(), log_x0.dtype, self.mask_index, torch.float64
         l_A, l_1mA, l_same, l_other, l_B = (_per_example(v, nd, f64) for v in self._span_logs(s, t))
         l_a, l_1ma, _, l_c, l_b = (_per_example(v, nd, f64) for v in self._cumulative_logs(s))
