@@ -193,3 +193,20 @@ def test_mask_uniform_small_vocabularies_compose_the_posteriors() -> None:
         other = [tr.log_q_posterior(x_0, x_t, t - 1, t), tr.log_p_posterior(log_x0, x_t, t - 1, t)]
         for a, b in zip(fused, other):
             brute.assert_log_close(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_uniform_fused_kl_on_the_smallest_vocabularies(k: int) -> None:
+    """K = 2 has no state off {x_0, x_t}; the per-example tables must handle it."""
+    betas = schedules.cosine(4)
+    fused, generic = D3PM(Uniform(k), betas), D3PM(Uniform(k), betas)
+    generic._posterior_kl = None
+    gen = torch.Generator().manual_seed(6)
+    x_0, x_t = (v.reshape(1, -1) for v in torch.meshgrid(torch.arange(k), torch.arange(k),
+                                                          indexing="ij"))
+    for s_, t_ in itertools.combinations(range(5), 2):
+        s, t = torch.tensor([s_]), torch.tensor([t_])
+        log_x0 = (torch.randn(1, k * k, k, generator=gen) * 3).log_softmax(-1)
+        torch.testing.assert_close(fused._vb_term(log_x0, x_0, x_t, s, t),
+                                   generic._vb_term(log_x0, x_0, x_t, s, t),
+                                   atol=1e-5, rtol=1e-5)

@@ -308,12 +308,14 @@ class Uniform(KeepTransition):
         base = lc0 + lq0  # log of the unnormalised q elsewhere
         at_xt = torch.stack([lc1 + lq0, lc1 + lq1], -1)
         at_x0 = torch.stack([lc0 + lq1, lc1 + lq1], -1)
-        n_base = torch.tensor([k - 2.0, k - 1.0], dtype=torch.float64, device=base.device)
-        no_x0 = torch.tensor([0.0, -math.inf], dtype=torch.float64, device=base.device)
-        log_zq = torch.stack([n_base.log() + base[:, None], at_xt, at_x0 + no_x0]).logsumexp(0)
+        log_k2 = math.log(k - 2) if k > 2 else -math.inf  # K - 2 states off {x_0, x_t}
+        log_zq = torch.stack([  # no constant tensors: nothing to copy to the device per call
+            torch.stack([base + log_k2, at_xt[:, 0], at_x0[:, 0]]).logsumexp(0),
+            torch.logaddexp(base + math.log(k - 1), at_xt[:, 1]),
+        ], -1)
         q_b, q_x0, q_xt = ((v - log_zq).exp() for v in (base[:, None], at_x0, at_xt))
         const = q_x0 * (lq1 - lq0)[:, None] - log_zq
-        d_xt = (q_xt - q_b) * torch.tensor([1.0, 0.0], dtype=torch.float64, device=base.device)
+        d_xt = torch.stack([q_xt[:, 0] - q_b[:, 0], torch.zeros_like(base)], -1)
         return const, q_b, q_x0 - q_b, d_xt
 
     def sample_cumulative(
