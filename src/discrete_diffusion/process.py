@@ -20,7 +20,10 @@ must equal the generic result (tests compare them on tiny processes):
     log_q_posterior(x_0, x_t, s, t) -> [B, ..., K]           normalised eq. (3), integer x_0
     log_p_posterior(log_x0, x_t, s, t) -> [B, ..., K]        normalised eq. (4) from log p~
     posterior_kl(x_0, x_t, log_x0, s, t) -> [B, ...]         KL(q || p) per position
-`Uniform` and `Absorbing` define all four in O(K) per token with one K-wide pass at most.
+`Uniform`, `Absorbing` and `MaskUniform` define all four, each in O(K) per token with one
+K-wide pass (two for MaskUniform's KL) besides the denoiser's log-softmax. Range checks that
+depend only on the schedule are made at setup: the fused loss term of Uniform and Absorbing has
+no device sync (MaskUniform's has one, for tokens where p~ is nearly sure of the mask).
 """
 
 from __future__ import annotations
