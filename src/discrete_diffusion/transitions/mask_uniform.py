@@ -37,6 +37,7 @@ __all__ = ["MaskUniform"]
 
 _NEG_INF = -math.inf
 FUSED_MIN_CLASSES = 64  # see `log_q_posterior`
+_EXP_SAFE = 80.0  # exp() of float32 arguments up to here stays finite with room to spare
 
 
 class MaskUniform(Transition):
@@ -354,8 +355,7 @@ class MaskUniform(Transition):
         log_scale = torch.where(ok, l_b - torch.where(ok, l_c + l_real, 0.0), _NEG_INF)
         soft = torch.nn.functional.softplus
         # D_j >= 0 and mostly small: a float32 sum is accurate, a float64 one costs a cast pass
-        ls = log_scale.to(log_x0.dtype).unsqueeze(-1)
-        sum_d = soft(log_x0 + ls).sum(-1).to(f64)
+        sum_d = _sum_softplus(log_x0, log_scale.to(log_x0.dtype)).to(f64)
         sum_d = sum_d - soft(lp_m + log_scale) - soft(lp_0 + log_scale)
         d_t = soft(lp_t + log_scale)
         kl = (torch.where(other > 0, other * (log_zpq - l_real), 0.0) - c_sum * sum_d
@@ -415,6 +415,30 @@ def _safe_log(x: Tensor) -> Tensor:
     """log x with log 0 = -inf and no NaN gradient (the derivative at 0 is not taken)."""
     positive = x > 0
     return torch.where(positive, torch.where(positive, x, 1.0).log(), _NEG_INF)
+
+
+def _sum_softplus(log_p: Tensor, log_scale: Tensor) -> Tensor:
+    """sum_j log(1 + e^log_scale p_j) over the last dimension, for log_p <= 0.
+
+    As exp, scale and log1p (in place without autograd) where the scale fits float32 with
+    room to spare, which is nearly always; tokens whose scale exceeds e^80 (p~ nearly sure of
+    the mask, or almost no uniform noise yet) are recomputed with softplus.
+
+    Args:
+        log_p: float [..., K]; log_scale: float [...] (may be -inf).
+    Returns:
+        float [...].
+    """
+    big = log_scale > _EXP_SAFE
+    scale = log_scale.clamp(max=_EXP_SAFE).exp().unsqueeze(-1)
+    if torch.is_grad_enabled() and (log_p.requires_grad or log_scale.requires_grad):
+        out = torch.log1p(log_p.exp() * scale).sum(-1)
+    else:
+        out = log_p.exp().mul_(scale).log1p_().sum(-1)
+    if bool(big.any()):  # rare
+        exact = torch.nn.functional.softplus(log_p[big] + log_scale[big].unsqueeze(-1))
+        out = out.index_put((big,), exact.sum(-1))
+    return out
 
 
 def _log_add(a: Tensor, b: Tensor) -> Tensor:
