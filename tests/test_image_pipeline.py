@@ -91,3 +91,21 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, capsys, monkeypatch):
     code = main(["sample", "--checkpoint", str(logits), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "does not fit this model" in err and "\n" not in err
+
+
+def test_image_presets_validate():
+    from pathlib import Path
+
+    from discrete_diffusion.training.config import config_from_dict, read_yaml
+
+    presets = sorted(Path("configs").glob("cifar10-*.yaml")) + sorted(
+        Path("configs").glob("digits-*.yaml"))
+    assert len(presets) == 12
+    for path in presets:
+        config = config_from_dict(read_yaml(path))
+        assert config.model_kind == "unet" and config.method_kind == "diffusion"
+        expected_steps = 1000 if path.name.startswith("cifar10") else 250
+        assert config.method.num_steps == expected_steps
+        assert (config.model.head == "logistic") == ("logistic" in path.name)
+        hybrid = "hybrid" in path.name or "logistic" in path.name
+        assert (config.method.loss == "hybrid") == hybrid
