@@ -141,3 +141,17 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
                  "--no-progress", "train.ckpt_every=0"]) == 130
     assert "checkpoint saved at step 3" in capsys.readouterr().err
     assert json.loads((tmp_path / "r/checkpoints/latest.json").read_text())["step"] == 3
+
+
+def test_sample_saves_an_npy_array(run, tmp_path, capsys):
+    import numpy as np
+
+    run_dir, _ = run
+    out = tmp_path / "s" / "samples.npy"
+    assert main(["sample", "--checkpoint", str(run_dir), "--num", "3", "--steps", "5",
+                 "--save-npy", str(out)]) == 0
+    arr = np.load(out)
+    assert arr.shape == (3, 6) and arr.min() >= 0 and arr.max() < 4  # data ids, never the mask
+    assert not list(out.parent.glob("*.tmp.npy"))
+    assert error_of(capsys, ["sample", "--checkpoint", str(run_dir), "--save-npy",
+                             str(tmp_path / "x.txt")]).count(".npy") == 1

@@ -2,6 +2,7 @@
 
     d3pm sample --checkpoint RUN_DIR_OR_FILE --num N [--steps S] [--seed S] [--out PATH]
                 [--progressive] [--infill TEXT] [--corrupt TEXT --noise-level F]
+                [--save-npy FILE]
 
 Text codecs print the samples (and write them to --out when given); image codecs write a PNG
 grid to --out (required). --progressive renders x_t at t = T, 0.9T, ..., 0. --infill holds the
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output file (required for images)")
     p.add_argument("--progressive", action="store_true", help="render x_t from T down to 0")
+    p.add_argument("--save-npy", type=Path, metavar="FILE",
+                   help="also save the samples as an int array [N, ...] (.npy), e.g. for "
+                        "`d3pm figures fid --samples FILE`")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=run)
 
@@ -67,12 +71,30 @@ def run(args: argparse.Namespace) -> int:
         x, path = out
         text = codec.render_progressive(_pick(path, trained.method.num_steps), out=args.out)
     else:
+        x = out
         text = codec.render(out.cpu(), out=args.out)
+    if args.save_npy is not None:
+        _save_npy(x, args.save_npy)
     if text and codec.kind != "image":  # an image codec returns the file it wrote
         print(text)
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0
+
+
+def _save_npy(x: Tensor, path: Path) -> None:
+    """Write the samples [N, ...] as a .npy array, atomically (temp file, then rename)."""
+    import os
+
+    import numpy as np
+
+    if path.suffix != ".npy":
+        raise ValueError(f"--save-npy needs a .npy file name, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, x.cpu().numpy().astype(np.int64 if x.max() > 65535 else np.uint16))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 def _fit_length(ids: Tensor, shape: tuple[int, ...], what: str) -> int:
