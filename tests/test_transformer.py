@@ -91,3 +91,39 @@ def test_paper_size() -> None:
         (12, 768, 12, 3072, 0.0)
     per_block = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768
     assert per_block == sum(p.numel() for p in transformer.Block(cfg).parameters())
+
+
+def test_rotary_scores_depend_on_offsets_only() -> None:
+    from discrete_diffusion.networks.transformer import rotary_tables, rotate
+
+    g = torch.Generator().manual_seed(0)
+    q0, k0 = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    cos, sin = rotary_tables(12, 8, torch.device("cpu"))
+    q = rotate(q0.expand(1, 1, 12, 8), cos, sin)[0, 0]  # the same vector at every position
+    k = rotate(k0.expand(1, 1, 12, 8), cos, sin)[0, 0]
+    scores = q @ k.T
+    assert torch.allclose(q.norm(dim=-1), q0.norm().expand(12), atol=1e-5)  # a rotation
+    for offset in (0, 1, 5):
+        diag = torch.diagonal(scores, offset)
+        assert torch.allclose(diag, diag[0].expand_as(diag), atol=1e-4)
+    assert not torch.allclose(scores[0, 1], scores[0, 5])  # but offsets do matter
+
+
+def test_learned_positions_remain_available() -> None:
+    from discrete_diffusion.networks.transformer import Config, TransformerDenoiser
+
+    cfg = Config(num_layers=1, d_model=16, num_heads=2, mlp_dim=32, positions="learned")
+    model = TransformerDenoiser(cfg, num_classes=5, num_steps=4, max_len=6)
+    assert model.trunk.position is not None
+    out = model(torch.zeros(2, 6, dtype=torch.long), torch.tensor([1, 4]))
+    assert out.shape == (2, 6, 5)
+    rotary = TransformerDenoiser(Config(num_layers=1, d_model=16, num_heads=2, mlp_dim=32),
+                                 num_classes=5, num_steps=4, max_len=6)
+    assert rotary.trunk.position is None
+    # identical inputs at every position give position-dependent outputs only through rotary
+    x = torch.full((1, 6), 2, dtype=torch.long)
+    x[0, 0] = 1
+    logits = rotary(x, torch.tensor([2]))
+    assert not torch.allclose(logits[0, 2], logits[0, 4], atol=1e-6)
+    with pytest.raises(ValueError, match="positions"):
+        Config(positions="absolute").validate()
