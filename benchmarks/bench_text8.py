@@ -6,9 +6,9 @@ text8-format data, each trained for the same budget of process CPU seconds.
 For every CPU-small preset (configs/text8-*-cpu-small.yaml) the library's own Trainer runs
 updates until `--budget` seconds of process CPU time (time.process_time: fair on a shared
 machine) have been spent on training; then the bound is evaluated on the first
-`--eval-examples` non-overlapping 256-character test chunks with 1000, 250 and 20 inference
-steps (250 stands for the paper's 256, which does not divide T = 1000; the autoregressive
-likelihood is exact) and one example is sampled at batch size 1 to time it (process CPU
+`--eval-examples` non-overlapping 256-character test chunks with 1000, 256 and 20 inference
+steps (256 on the rounded grid t_i = round(i T / 256), as D3PM.timestep_grid gives; the
+autoregressive likelihood is exact) and one example is sampled at batch size 1 to time it (process CPU
 seconds, `--sample-runs` runs). Prints a table shaped like Table 1: bits/char +- standard error
 (number of test sequences) and sample seconds per example.
 """
@@ -38,7 +38,7 @@ PRESETS = {
     "D3PM NN (L_vb)": "text8-nn-cpu-small",
     "Transformer decoder (AR)": "text8-ar-cpu-small",
 }
-STEPS = (1000, 250, 20)
+STEPS = (1000, 256, 20)
 
 
 def train_for_budget(preset: str, data_path: str, budget: float, run_dir: Path,
