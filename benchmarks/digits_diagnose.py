@@ -4,6 +4,7 @@
                                          [--budgets 0 120 480] [--images 128] [--seed 0]
                                          [--data digits|blur33]
     python benchmarks/digits_diagnose.py OUT_DIR --table
+    python benchmarks/digits_diagnose.py OUT_DIR --oracle
 
 Trains one configs/<preset>.yaml with the project's Trainer (one thread, as
 benchmarks/bench_digits.py) and, each time the training has spent the next budget of process
@@ -18,6 +19,10 @@ with x_t ~ q(x_t | x_0) drawn from the same seeded stream at every budget (commo
 numbers, so differences between budgets are not noise in x_t). Results go to
 OUT_DIR/<preset>-<budget>.json (per-t means in bits/dim, per-image totals); --table prints the
 decomposition of every result in OUT_DIR.
+
+--oracle checks the processes themselves, without a network: with p~(x_0 | x_t) = m(x_0), the
+per-pixel marginals of the training digits, eq. 4 is the exact reverse of m(x_0) q(x_{1:T} | x_0),
+so every process's bound must equal -log m(x_0) (up to L_T and one-sample noise).
 """
 
 from __future__ import annotations
@@ -132,6 +137,31 @@ def run(args: argparse.Namespace) -> None:
         start += time.process_time() - t0  # evaluation is not training budget
 
 
+def oracle_check(images: int, seed: int) -> str:
+    """Bound of the marginal denoiser p~(x_0 | x_t) = m(x_0) under the presets' three processes
+    (T = 250) against -log m(x_0), bits/dim on the first `images` test digits."""
+    import discrete_diffusion as dd
+    from discrete_diffusion.data.digits import load_digit_splits
+
+    splits = {k: torch.from_numpy(v.astype("int64")) for k, v in load_digit_splits().items()}
+    counts = torch.nn.functional.one_hot(splits["train"], 17).sum(0).double() + 0.5
+    log_m = (counts / counts.sum(-1, keepdim=True)).log()  # [1, 8, 8, 17]
+    x_0 = splits["test"][:images]
+    nll = -log_m.expand(len(x_0), -1, -1, -1, -1).gather(-1, x_0[..., None]).sum((1, 2, 3, 4))
+    lines = [f"-log m(x_0): {float(nll.mean()) / (DIMS * math.log(2)):.4f} bits/dim"]
+    processes = {"gaussian, linear 4e-4 -> 0.08": (dd.transitions.DiscretizedGaussian(17),
+                                                   dd.schedules.linear(250, 4e-4, 0.08)),
+                 "absorbing, jsd": (dd.transitions.Absorbing(17, 8), dd.schedules.jsd(250)),
+                 "uniform, cosine": (dd.transitions.Uniform(17), dd.schedules.cosine(250))}
+    for name, (transition, betas) in processes.items():
+        prior, terms = bound_terms(dd.D3PM(transition, betas),
+                                   lambda x_t, t: log_m.float().expand(*x_t.shape, 17), x_0, seed)
+        total = (prior + terms.sum(0)) / (DIMS * math.log(2))
+        lines.append(f"{name}: bound {float(total.mean()):.4f} +- "
+                     f"{float(total.std() / math.sqrt(len(total))):.4f} bits/dim")
+    return "\n".join(lines)
+
+
 def summarise(r: dict) -> dict:
     """Bits/dim of L_T, L_0, the diffusion terms by t quartile, the total and its stderr."""
     per_t, T = r["per_t_bpd"], r["T"]
@@ -172,9 +202,15 @@ def main() -> int:
     parser.add_argument("--data", choices=["digits", "blur33"], default="digits",
                         help="the digits, or their blurred 33-level variant")
     parser.add_argument("--table", action="store_true", help="print the table of OUT and exit")
+    parser.add_argument("--oracle", action="store_true",
+                        help="check the bound of the marginal denoiser and exit")
     args = parser.parse_args()
     if args.table:
         print(table(args.out))
+        return 0
+    if args.oracle:
+        torch.set_num_threads(1)
+        print(oracle_check(args.images, args.seed))
         return 0
     if not args.preset or not (ROOT / "configs" / f"{args.preset}.yaml").is_file():
         parser.error(f"--preset: no configs/{args.preset}.yaml")
