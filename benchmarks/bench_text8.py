@@ -8,9 +8,9 @@ updates until `--budget` seconds of process CPU time (time.process_time: fair on
 machine) have been spent on training; then the bound is evaluated on the first
 `--eval-examples` non-overlapping 256-character test chunks with 1000, 256 and 20 inference
 steps (256 on the rounded grid t_i = round(i T / 256), as D3PM.timestep_grid gives; the
-autoregressive likelihood is exact) and one example is sampled at batch size 1 to time it (process CPU
-seconds, `--sample-runs` runs). Prints a table shaped like Table 1: bits/char +- standard error
-(number of test sequences) and sample seconds per example.
+autoregressive likelihood is exact) and one example is sampled at batch size 1 to time it
+(process CPU seconds, `--sample-runs` runs). Prints a table shaped like Table 1: bits/char
++- standard error (number of test sequences) and sample seconds per example.
 """
 
 from __future__ import annotations
