@@ -27,7 +27,7 @@ from torch import Tensor
 
 from discrete_diffusion.data.base import Codec, atomic_write_text, cache_dir
 from discrete_diffusion.data.text_cache import cache_key, cached_arrays, smallest_uint
-from discrete_diffusion.data.text_stats import ppmi_embeddings, unigram_marginal
+from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
 
 MODEL_FILE = "spm.model"
@@ -267,11 +267,7 @@ def _build_arrays(sentences: dict[str, list[str]], sp, cfg: Config) -> dict[str,
     for s, rows in arrays.items():
         if rows.shape[0] == 0:
             raise ValueError(f"the {s} split has fewer than {cfg.seq_len} tokens: too little text")
-    flat = arrays["train"].reshape(-1)
-    arrays["marginal"] = unigram_marginal(flat, k)
-    arrays["embeddings"] = ppmi_embeddings(flat, k, dim=cfg.embedding_dim,
-                                           window=cfg.embedding_window)
-    return arrays
+    return add_statistics(arrays, k, cfg.embedding_dim, cfg.embedding_window)
 
 
 def build(cfg: Config, data_arg: str | None = None) -> TokenStreamSource:

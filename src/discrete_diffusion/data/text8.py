@@ -23,7 +23,7 @@ from torch import Tensor
 
 from discrete_diffusion.data.base import Codec, atomic_write_text
 from discrete_diffusion.data.text_cache import cached_arrays
-from discrete_diffusion.data.text_stats import ppmi_embeddings, unigram_marginal
+from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
@@ -224,12 +224,7 @@ def _build_arrays(source: Path, cfg: Config) -> dict[str, np.ndarray]:
             f"least one {cfg.seq_len}-character chunk, i.e. >= {need} characters"
         )
     arrays = {s: ids[a:b] for s, (a, b) in split_bounds(ids.size).items()}
-    k = len(ALPHABET)
-    arrays["marginal"] = unigram_marginal(arrays["train"], k)
-    arrays["embeddings"] = ppmi_embeddings(
-        arrays["train"], k, dim=cfg.embedding_dim, window=cfg.embedding_window
-    )
-    return arrays
+    return add_statistics(arrays, len(ALPHABET), cfg.embedding_dim, cfg.embedding_window)
 
 
 def build(cfg: Config, data_arg: str | None = None) -> TokenStreamSource:

@@ -94,3 +94,13 @@ def ppmi_embeddings(
         rng = np.random.default_rng(0)
         emb[dead] = 1e-6 * rng.standard_normal((int(dead.sum()), emb.shape[1]))
     return emb
+
+
+def add_statistics(arrays: dict[str, np.ndarray], num_classes: int, dim: int,
+                   window: int) -> dict[str, np.ndarray]:
+    """Add the DataInfo statistics of the "train" split to `arrays` (in place, returned):
+    "marginal" (`unigram_marginal`) and "embeddings" (`ppmi_embeddings`)."""
+    train = arrays["train"].reshape(-1)
+    arrays["marginal"] = unigram_marginal(train, num_classes)
+    arrays["embeddings"] = ppmi_embeddings(train, num_classes, dim=dim, window=window)
+    return arrays

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from discrete_diffusion.data.base import Codec, atomic_write_text
 from discrete_diffusion.data.text_cache import cached_arrays, smallest_uint
-from discrete_diffusion.data.text_stats import ppmi_embeddings, unigram_marginal
+from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
 
 MASK_TEXT = "_"
@@ -139,11 +139,7 @@ def _build(path: Path, cfg: Config) -> dict[str, np.ndarray]:
     k = _check_ids(splits, cfg.vocab_size)
     dtype = smallest_uint(k)
     arrays = {s: np.asarray(a, dtype=dtype) for s, a in splits.items()}
-    flat = arrays["train"].reshape(-1)
-    arrays["marginal"] = unigram_marginal(flat, k)
-    arrays["embeddings"] = ppmi_embeddings(flat, k, dim=cfg.embedding_dim,
-                                           window=cfg.embedding_window)
-    return arrays
+    return add_statistics(arrays, k, cfg.embedding_dim, cfg.embedding_window)
 
 
 def build(cfg: Config, data_arg: str | None = None) -> TokenStreamSource:
