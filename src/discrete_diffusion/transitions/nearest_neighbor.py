@@ -31,7 +31,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-from discrete_diffusion.transitions.base import Transition, check_schedule
+from discrete_diffusion.transitions.base import Transition
 
 __all__ = ["NearestNeighbor", "knn_graph", "rate_matrix"]
 
@@ -124,7 +124,11 @@ class NearestNeighbor(Transition):
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
-        betas = check_schedule(betas)  # rates: any finite value >= 0
+        if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
+            raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
+        betas = betas.detach().to(torch.float64)
+        if not bool(torch.isfinite(betas).all()) or betas.min() < 0:
+            raise ValueError("nearest-neighbour betas are rates: they must be finite and >= 0")
         self.betas = betas.to(self.eigenvalues.device)
         self.exponents = torch.cat([betas.new_zeros(1), betas.cumsum(0)]).to(self.betas.device)
 
