@@ -11,7 +11,7 @@ from torch import nn
 
 from discrete_diffusion.data.base import DataInfo
 from discrete_diffusion.methods import autoregressive
-from discrete_diffusion.methods.autoregressive import Autoregressive
+from discrete_diffusion.methods.autoregressive import AutoregressiveMethod
 from discrete_diffusion.networks import causal_transformer
 from discrete_diffusion.networks.transformer import Config
 
@@ -89,7 +89,7 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="expects x_0"):
         method.nll(model, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="vocabulary"):
-        Autoregressive(0, 3)
+        AutoregressiveMethod(0, 3)
 
 
 def test_trains_a_first_order_chain() -> None:

@@ -20,7 +20,7 @@ class Config:
     """The autoregressive method has no settings; the section holds only `kind`."""
 
 
-class Autoregressive:
+class AutoregressiveMethod:
     """Method for a causal LM `model(x [B, L]) -> logits [B, L, K_data + 1]`."""
 
     def __init__(self, num_data_classes: int, seq_len: int) -> None:
@@ -34,7 +34,7 @@ class Autoregressive:
         self.num_classes = num_data_classes + 1
         self.num_steps = seq_len
 
-    def to(self, device: torch.device | str) -> Autoregressive:
+    def to(self, device: torch.device | str) -> AutoregressiveMethod:
         """No tables to move; returns self."""
         return self
 
@@ -121,10 +121,10 @@ def _gumbel_argmax(logp: Tensor, generator: torch.Generator | None) -> Tensor:
     return (logp - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-def build(cfg: Config, info) -> Autoregressive:
+def build(cfg: Config, info) -> AutoregressiveMethod:
     """The method for data described by `info` (num_classes K_data, example_shape (L,))."""
     if len(info.example_shape) != 1:
         raise ValueError(
             f"the autoregressive method models sequences; example shape is {info.example_shape}"
         )
-    return Autoregressive(int(info.num_classes), int(info.example_shape[0]))
+    return AutoregressiveMethod(int(info.num_classes), int(info.example_shape[0]))
