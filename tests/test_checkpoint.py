@@ -189,3 +189,38 @@ def test_data_info_and_codec_round_trip(tmp_path):
         codec_from_dir(tmp_path)
     with pytest.raises(ValueError, match="unit must be one of"):
         DataInfo(num_classes=3, example_shape=(2,), unit="pixel")
+
+
+def flatten_transition(config: dict) -> dict:
+    """`config` as versions before the nested transition options wrote it: the transition a
+    name, and `bands`, `knn`, `uniform_schedule` flat in the method section."""
+    method = dict(config["method"])
+    method["transition"] = method["transition"]["kind"]
+    method.update(bands=None, knn=5, uniform_schedule="cosine")
+    return {**config, "method": method}
+
+
+def test_run_folder_of_the_flat_transition_form_loads_and_resumes(tmp_path):
+    import yaml
+
+    straight = make(tmp_path / "a")
+    straight.fit()
+    make(tmp_path / "b", steps=4).fit()
+    want = load_trained(tmp_path / "b")
+    saved = tmp_path / "b/config.yaml"
+    saved.write_text(yaml.safe_dump(flatten_transition(yaml.safe_load(saved.read_text())),
+                                    sort_keys=False))
+    step = tmp_path / "b/checkpoints/step_000004.json"
+    state = json.loads(step.read_text())
+    state["config"] = flatten_transition(state["config"])
+    step.write_text(json.dumps(state))
+    old = load_trained(tmp_path / "b")
+    assert old.config == want.config
+    x = torch.randint(0, 4, (5, 6), generator=torch.Generator().manual_seed(0))
+    nll = [run.method.nll(run.model, x, generator=torch.Generator().manual_seed(1))
+           for run in (want, old)]
+    assert torch.equal(*nll)
+    resumed = make(tmp_path / "b", resume=True)
+    assert resumed.step == 4
+    resumed.fit()
+    assert_same(state_of(straight), state_of(resumed))

@@ -13,7 +13,7 @@ import torch
 from discrete_diffusion.data.base import ArrayBatches, DataInfo
 from discrete_diffusion.data.synthetic import Config as SyntheticConfig
 from discrete_diffusion.data.synthetic import MarkovChain, SyntheticData
-from discrete_diffusion.methods.diffusion import Config, DiffusionMethod
+from discrete_diffusion.methods.diffusion import Config, DiffusionMethod, NearestNeighborOptions
 from discrete_diffusion.networks.mlp import MLPDenoiser
 from discrete_diffusion.training.builders import build_data
 from discrete_diffusion.training.config import config_from_dict
@@ -177,8 +177,9 @@ def test_every_transition_trains_one_step(transition, schedule):
     gen = torch.Generator().manual_seed(0)
     info = DataInfo(num_classes=5, example_shape=(3,), marginal=torch.full((5,), 0.2),
                     embeddings=torch.randn(5, 4, generator=gen, dtype=torch.float64))
-    method = DiffusionMethod(Config(transition=transition, schedule=schedule, num_steps=6,
-                                    beta_start=0.1, beta_stop=0.3, knn=2), info)
+    options = NearestNeighborOptions(knn=2) if transition == "nearest_neighbor" else transition
+    method = DiffusionMethod(Config(transition=options, schedule=schedule, num_steps=6,
+                                    beta_start=0.1, beta_stop=0.3), info)
     masked = transition in ("absorbing", "mask_uniform")
     assert method.num_classes == (6 if masked else 5)
     assert method.mask_index == (5 if masked else None)

@@ -9,8 +9,9 @@ p~(x_0 | x_t) gives it no mass (its logit is replaced by NO_MASS before the proc
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,36 +24,123 @@ from discrete_diffusion.data.base import DataInfo
 MASKED = ("absorbing", "mask_uniform")
 
 
+@dataclass(frozen=True)
+class UniformOptions:
+    """`transition: uniform`: jump to any class with probability beta_t / K."""
+
+    kind: Literal["uniform"] = "uniform"
+
+
+@dataclass(frozen=True)
+class AbsorbingOptions:
+    """`transition: absorbing`: jump to the mask with probability beta_t."""
+
+    kind: Literal["absorbing"] = "absorbing"
+
+
+@dataclass(frozen=True)
+class GaussianOptions:
+    """`transition: {kind: gaussian, bands: b}`: the discretized Gaussian.
+
+    Attributes:
+        bands: the largest jump |i - j| with non-zero probability, in 1..K-1 (None = K - 1).
+    """
+
+    kind: Literal["gaussian"] = "gaussian"
+    bands: int | None = None
+
+
+@dataclass(frozen=True)
+class MaskUniformOptions:
+    """`transition: {kind: mask_uniform, uniform_schedule: ...}`: absorbing plus uniform jumps.
+
+    Attributes:
+        uniform_schedule: schedule of the uniform part (the absorbing part uses `schedule`).
+    """
+
+    kind: Literal["mask_uniform"] = "mask_uniform"
+    uniform_schedule: Literal["linear", "cosine", "jsd", "constant"] = "cosine"
+
+
+@dataclass(frozen=True)
+class NearestNeighborOptions:
+    """`transition: {kind: nearest_neighbor, knn: k}`: jumps to token-embedding neighbours.
+
+    Attributes:
+        knn: neighbours per token, in 1..K-1.
+    """
+
+    kind: Literal["nearest_neighbor"] = "nearest_neighbor"
+    knn: int = 5
+
+
+TransitionOptions = (UniformOptions | AbsorbingOptions | GaussianOptions | MaskUniformOptions
+                     | NearestNeighborOptions)
+# transition kind -> its options dataclass; the config reader checks a `transition` mapping
+# against the class of its kind (the `kinds` metadata of `Config.transition`)
+TRANSITIONS: dict[str, type] = {cls.kind: cls for cls in typing.get_args(TransitionOptions)}
+# the keys that sat flat in the method section before the options were nested, and their kind
+FLAT_KEYS = {"bands": "gaussian", "knn": "nearest_neighbor", "uniform_schedule": "mask_uniform"}
+
+
+def transition_options(kind: str) -> TransitionOptions:
+    """The default options of transition `kind` (a one-line error names the known kinds)."""
+    if kind not in TRANSITIONS:
+        raise ValueError(f"unknown transition {kind!r}; known: {', '.join(sorted(TRANSITIONS))}")
+    return TRANSITIONS[kind]()
+
+
 @dataclass
 class Config:
     """The forward process, schedule and loss.
 
     Attributes:
-        transition: the Q_t family (paper section 3.1-3.3).
+        transition: the Q_t family (paper section 3.1-3.3) and its options, one of the
+            `TRANSITIONS` dataclasses; a kind name alone (`"uniform"`) stands for its defaults.
         schedule: beta_1..beta_T: "linear" (beta_start -> beta_stop), "cosine", "jsd"
             (1/(T - t + 1)), "mutual_information" (needs the data marginal) or "constant"
             (beta_start at every step).
         num_steps: T.
-        bands: width of the discretized Gaussian (None = the transition's default).
-        knn: neighbours per token of the nearest-neighbour process.
-        uniform_schedule: schedule of the uniform part of "mask_uniform".
         loss: "hybrid" (L_vb + hybrid_lambda * L_ce, eq. 5), "vb" or "ce".
         time_sampling: how t is drawn for the loss: "uniform" (t ~ U{1..T} per example) or
             "stratified" (one low-discrepancy draw across the batch).
     """
 
-    transition: Literal["uniform", "absorbing", "gaussian", "mask_uniform",
-                        "nearest_neighbor"] = "absorbing"
+    transition: TransitionOptions = field(default_factory=AbsorbingOptions,
+                                          metadata={"kinds": TRANSITIONS})
     schedule: Literal["linear", "cosine", "jsd", "mutual_information", "constant"] = "jsd"
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_stop: float = 0.02
-    bands: int | None = None
-    knn: int = 5
-    uniform_schedule: Literal["linear", "cosine", "jsd", "constant"] = "cosine"
     loss: Literal["hybrid", "vb", "ce"] = "hybrid"
     hybrid_lambda: float = 0.01
     time_sampling: Literal["uniform", "stratified"] = "uniform"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transition, str):  # Config(transition="uniform")
+            self.transition = transition_options(self.transition)
+
+    @classmethod
+    def upgrade(cls, values: dict) -> dict:
+        """Method-section `values` written before the transition options were nested (flat
+        `bands`, `knn`, `uniform_schedule`) in the nested form. A flat key moves into the
+        `transition` mapping when it belongs to that kind and is dropped otherwise (it had no
+        effect); one that contradicts the nested value is a one-line error."""
+        flat = {key: values[key] for key in FLAT_KEYS if key in values}
+        default = AbsorbingOptions.kind
+        transition = values.get("transition", default)
+        if not flat or not isinstance(transition, (str, dict)):
+            return values
+        nested = {"kind": transition} if isinstance(transition, str) else dict(transition)
+        for key, value in flat.items():
+            if FLAT_KEYS[key] != nested.get("kind", default):
+                continue
+            if key in nested and nested[key] != value:
+                raise ValueError(f"method.{key} = {value!r} contradicts method.transition.{key} "
+                                 f"= {nested[key]!r}; give only method.transition.{key}")
+            nested[key] = value
+        rest = {key: value for key, value in values.items() if key not in FLAT_KEYS}
+        return {**rest, "transition": nested}
 
 
 def _transition_class(name: str) -> type:
@@ -90,26 +178,27 @@ def build_process(cfg: Config, info: DataInfo) -> tuple[dd.D3PM, int | None]:
     if cfg.num_steps < 1:
         raise ValueError(f"method.num_steps must be positive, got {cfg.num_steps}")
     k_data = info.num_classes
+    opts = cfg.transition
     mask = None
-    if cfg.transition in MASKED:
+    if opts.kind in MASKED:
         mask = k_data if info.mask_index is None else info.mask_index
     k = k_data + 1 if mask == k_data else k_data
-    if cfg.transition == "uniform":
+    if opts.kind == "uniform":
         tr = _transition_class("Uniform")(num_classes=k)
-    elif cfg.transition == "absorbing":
+    elif opts.kind == "absorbing":
         tr = _transition_class("Absorbing")(num_classes=k, mask_index=mask)
-    elif cfg.transition == "gaussian":
-        tr = _transition_class("DiscretizedGaussian")(num_classes=k, bands=cfg.bands)
-    elif cfg.transition == "mask_uniform":
+    elif opts.kind == "gaussian":
+        tr = _transition_class("DiscretizedGaussian")(num_classes=k, bands=opts.bands)
+    elif opts.kind == "mask_uniform":
         tr = _transition_class("MaskUniform")(
-            num_classes=k, mask_index=mask, uniform_betas=_schedule(cfg.uniform_schedule, cfg))
-    elif cfg.transition == "nearest_neighbor":
+            num_classes=k, mask_index=mask, uniform_betas=_schedule(opts.uniform_schedule, cfg))
+    elif opts.kind == "nearest_neighbor":
         if info.embeddings is None:
             raise ValueError(f"the nearest_neighbor transition needs token embeddings, which "
                              f"data {info.name or 'source'!r} does not provide")
-        tr = _transition_class("NearestNeighbor")(embeddings=info.embeddings, k=cfg.knn)
+        tr = _transition_class("NearestNeighbor")(embeddings=info.embeddings, k=opts.knn)
     else:
-        raise ValueError(f"unknown transition {cfg.transition!r}")
+        raise ValueError(f"unknown transition {opts.kind!r}")
     marginal = None
     if info.marginal is not None:  # p(x_0), padded with 0 for an added mask token
         marginal = torch.cat([info.marginal, info.marginal.new_zeros(k - k_data)])

@@ -1,15 +1,25 @@
 """Run configuration: a preset YAML with sections data / model / method / train.
 
 The data, model and method sections each name a registry `kind`; their other keys are checked
-against that kind's `Config` dataclass, the train section against `TrainConfig`. Unknown keys and
-wrong types are one-line errors. Dotted overrides (`train.lr=1e-3`, `method.kind=diffusion`) are
-parsed as YAML scalars and go through the same checks. `RunConfig.to_dict()` is the resolved
-config; `dump_config` writes it and `load_config` reads it back unchanged.
+against that kind's `Config` dataclass, the train section against `TrainConfig`. Unknown keys,
+wrong types, values outside a `Literal` and non-finite floats are one-line errors. A field whose
+metadata holds `kinds` (a kind name -> dataclass table, e.g. `method.transition`) takes a nested
+mapping `{kind: ..., option: ...}` checked the same way against its kind's dataclass; a kind name
+alone stands for `{kind: name}`. A kind's `Config` may define `upgrade(values) -> values` to
+read sections written by older versions.
+
+A preset may name a `base` preset (a path relative to its own folder; bases may have bases):
+its sections are merged key by key into the base's, the preset winning, so that a preset shows
+only what it changes. Dotted overrides (`train.lr=1e-3`, `method.transition.knn=3`) are parsed
+as YAML scalars and go through the same checks. `RunConfig.to_dict()` is the resolved config;
+`dump_config` writes it and `load_config` reads it back unchanged.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -117,7 +127,27 @@ def _plain(obj: Any) -> dict:
 
 # ----- type checking -----------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    if typing.get_args(tp):
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether `value` is (or holds, or spells) an infinite or NaN float."""
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -125,6 +155,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raises ValueError naming `where`, the expected and the given type."""
     ok, result = _try(value, tp)
     if not ok:
+        if _non_finite(value):
+            raise ValueError(f"{where}: must be a finite number, got {value!r}")
         raise ValueError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
                          f"{value!r}")
     return result
@@ -152,6 +184,7 @@ def _try(value: Any, tp: Any) -> tuple[bool, Any]:
         if isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
             value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)  # nan slips through range checks (nan < 0 is False)
         return ok, float(value) if ok else None
     if tp is str:
         return isinstance(value, str), value
@@ -178,16 +211,40 @@ def _try_sequence(value: Any, origin: type, args: tuple) -> tuple[bool, Any]:
 
 
 def build_section(cls: type, values: dict, section: str) -> Any:
-    """An instance of the dataclass `cls` from `values`, each key checked."""
+    """An instance of the dataclass `cls` from `values`, each key checked (a field with `kinds`
+    metadata through `build_kinded`)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     checked = {}
     for key, value in values.items():
-        if key not in names:
+        if key not in fields:
             raise ValueError(f"unknown key {key!r} in section {section!r} (known: "
-                             f"{', '.join(sorted(names))})")
-        checked[key] = _coerce(value, hints[key], f"{section}.{key}")
+                             f"{', '.join(sorted(fields))})")
+        kinds = fields[key].metadata.get("kinds")
+        if kinds is None:
+            checked[key] = _coerce(value, hints[key], f"{section}.{key}")
+        else:
+            checked[key] = build_kinded(kinds, value, _default(fields[key]).kind,
+                                        f"{section}.{key}")
     return cls(**checked)
+
+
+def build_kinded(kinds: dict[str, type], value: Any, default_kind: str, where: str) -> Any:
+    """The dataclass `kinds[kind]` from a mapping `{kind: ..., option: ...}` (no kind: the
+    default kind) or from a kind name alone (its defaults), each option checked."""
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a kind name or a mapping with a kind, got "
+                         f"{type(value).__name__} {value!r}")
+    kind = value.get("kind", default_kind)
+    if kind not in kinds:
+        raise ValueError(f"{where}: unknown kind {kind!r}; known: {', '.join(sorted(kinds))}")
+    return build_section(kinds[kind], {**value, "kind": kind}, where)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 # ----- building, overrides, files ----------------------------------------------------------
@@ -206,34 +263,73 @@ def config_from_dict(raw: dict) -> RunConfig:
             raise ValueError(f"config section {section!r} needs a 'kind'")
         kind = values.pop("kind")
         parts[f"{section}_kind"] = kind
-        parts[section] = build_section(registry.config_class(section, kind), values, section)
+        cls = registry.config_class(section, kind)
+        if hasattr(cls, "upgrade"):  # keys written by older versions, translated
+            values = cls.upgrade(values)
+        parts[section] = build_section(cls, values, section)
     parts["train"] = build_section(TrainConfig, dict(raw.get("train") or {}), "train")
     return RunConfig(**parts)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """A copy of `raw` with each `section.key=value` applied (value parsed as a YAML scalar)."""
-    out = {k: dict(v or {}) for k, v in raw.items()}
+    """A copy of `raw` with each `section.key=value` or `section.key.option=value` applied
+    (value parsed as a YAML scalar; a kind name on the way, `transition: uniform`, is read as
+    the mapping `{kind: uniform}` it stands for)."""
+    out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not name or "." in name:
+        path = key.split(".")
+        if not sep or len(path) < 2 or not all(path):
             raise ValueError(f"override {item!r} is not of the form section.key=value")
-        if section not in (*SECTIONS, "train"):
-            raise ValueError(f"override {item!r}: unknown section {section!r}")
+        if path[0] not in (*SECTIONS, "train"):
+            raise ValueError(f"override {item!r}: unknown section {path[0]!r}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: value is not valid YAML") from err
-        out.setdefault(section, {})[name] = value
+        node = out
+        for depth, name in enumerate(path[:-1]):
+            child = node.get(name)
+            if isinstance(child, str) and depth > 0:
+                child = {"kind": child}
+            if not isinstance(child, (dict, type(None))):
+                raise ValueError(f"override {item!r}: {'.'.join(path[:depth + 1])} is not a "
+                                 f"mapping")
+            node[name] = child = dict(child or {})
+            node = child
+        node[path[-1]] = value
     return out
 
 
+def merge_presets(base: dict, child: dict) -> dict:
+    """The sections of `child` merged key by key into those of `base`, `child` winning; a
+    section or nested mapping that names another `kind` than the base's replaces it whole."""
+    out = dict(base)
+    for name, section in child.items():
+        out[name] = _merge(base.get(name), section or {})
+    return out
+
+
+def _merge(base: Any, child: Any) -> Any:
+    if not isinstance(child, dict) or not isinstance(base, (dict, str)):
+        return child
+    if isinstance(base, str):  # `transition: uniform` stands for {kind: uniform}
+        base = {"kind": base}
+    if child.get("kind", base.get("kind")) != base.get("kind"):
+        return dict(child)
+    return {**base, **{key: _merge(base.get(key), value) for key, value in child.items()}}
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file; a missing or malformed file is a one-line error."""
-    path = Path(path)
+    """The sections of a config file, with those of its `base` chain merged in
+    (`merge_presets`); a missing or malformed file and a chain that loops are one-line errors."""
+    return _read_chain(Path(path), ())
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        where = f" (base of {seen[-1]})" if seen else ""
+        raise FileNotFoundError(f"config file not found: {path}{where}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -241,7 +337,17 @@ def read_yaml(path: str | Path) -> dict:
                          f"{str(err).splitlines()[0]}") from err
     if not isinstance(raw, dict):
         raise ValueError(f"config file {path} does not hold a mapping of sections")
-    return raw
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"config file {path}: base must be a file name, got {base!r}")
+    chain = (*seen, path)
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        raise ValueError(f"config file {path}: base chain loops back to {base_path} "
+                         f"({' -> '.join(p.name for p in (*chain, base_path))})")
+    return merge_presets(_read_chain(base_path, chain), raw)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

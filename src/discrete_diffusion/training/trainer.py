@@ -37,7 +37,7 @@ from discrete_diffusion.training.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from discrete_diffusion.training.config import RunConfig, dump_config, read_yaml
+from discrete_diffusion.training.config import RunConfig, config_from_dict, dump_config, read_yaml
 from discrete_diffusion.training.ema import EMA
 from discrete_diffusion.training.metrics import MetricsLog, RunningStats
 
@@ -61,6 +61,12 @@ def config_differences(a: dict, b: dict) -> list[str]:
         sa, sb = a.get(section, {}), b.get(section, {})
         keys += [f"{section}.{k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
     return keys
+
+
+def _resolved(saved: dict) -> dict:
+    """A saved config in today's resolved form (one written by an older version is upgraded),
+    so that it compares with `RunConfig.to_dict()` by meaning."""
+    return config_from_dict(saved).to_dict() if saved else saved
 
 
 class Trainer:
@@ -138,7 +144,7 @@ class Trainer:
             if not saved.is_file():
                 raise ValueError(f"run folder {self.run_dir} exists and is not a run; choose "
                                  f"another --out")
-            diff = config_differences(read_yaml(saved), self.config.to_dict())
+            diff = config_differences(_resolved(read_yaml(saved)), self.config.to_dict())
             if diff:
                 raise ValueError(f"run folder {self.run_dir} holds a different config "
                                  f"({', '.join(diff[:3])} differ); choose another --out")
@@ -155,7 +161,7 @@ class Trainer:
         return ckpt
 
     def _check_resumable(self, saved: dict) -> None:
-        diff = [k for k in config_differences(saved, self.config.to_dict())
+        diff = [k for k in config_differences(_resolved(saved), self.config.to_dict())
                 if not (k.startswith("train.") and k.split(".", 1)[1] in RESUMABLE_KEYS)]
         if diff:
             raise ValueError(f"cannot resume {self.run_dir} with a different config "
