@@ -63,6 +63,7 @@ def run_one(name: str, out: Path, budget: float, fid_samples: int, seed: int,
     torch.set_num_threads(1)
     from discrete_diffusion.data import digits
     from discrete_diffusion.evaluation.bound import evaluate_bound
+    from discrete_diffusion.figures.samples import write_samples
 
     preset = PRESETS[name]
     folder = out / preset
@@ -75,7 +76,7 @@ def run_one(name: str, out: Path, budget: float, fid_samples: int, seed: int,
     (entry,) = evaluate_bound(method, model, batches, [None], gen, unit="dim")
     eval_cpu = time.process_time() - t0
     samples = method.sample(model, max(fid_samples, 128), generator=gen)
-    source.codec().render(samples[:64], folder / "samples.png")
+    write_samples(source.codec(), samples[:64], folder / "samples.png")
     np.save(folder / "samples.npy", samples.numpy().astype(np.uint8))
     result = {"name": name, "preset": preset, "steps": trainer.step, "train_cpu_s": spent,
               "bits_per_dim": entry["bits_per_unit"], "stderr": entry["stderr"],

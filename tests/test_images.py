@@ -11,6 +11,8 @@ from PIL import Image
 
 from discrete_diffusion.data import image_folder, images
 from discrete_diffusion.data.base import codec_from_dir
+from discrete_diffusion.data.image_arrays import ImageCodec
+from discrete_diffusion.figures.samples import write_samples
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -120,15 +122,15 @@ def test_bad_input_names_the_problem(tmp_path, problem):
 
 
 def test_codec_round_trip_and_render(tmp_path):
-    codec = images.ImageCodec(17, (1, 8, 8))
+    codec = ImageCodec(17, (1, 8, 8))
     codec.save(tmp_path / "run")
     loaded = codec_from_dir(tmp_path / "run")
-    assert isinstance(loaded, images.ImageCodec)
+    assert isinstance(loaded, ImageCodec)
     assert loaded.num_classes == 17 and loaded.example_shape == (1, 8, 8)
     x = torch.randint(0, 17, (5, 1, 8, 8))
     x[0] = 16
-    assert loaded.render(x, tmp_path / "grid.png") is None
+    assert write_samples(loaded, x, tmp_path / "grid.png") is None
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
     assert grid.max() == 255 and grid.ndim == 2
     with pytest.raises(ValueError, match="expects samples"):
-        loaded.render(torch.zeros(2, 3, 8, 8, dtype=torch.long), tmp_path / "bad.png")
+        write_samples(loaded, torch.zeros(2, 3, 8, 8, dtype=torch.long), tmp_path / "bad.png")

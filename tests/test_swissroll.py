@@ -12,6 +12,7 @@ from PIL import Image
 from discrete_diffusion.data import swissroll
 from discrete_diffusion.data.base import DataSource, codec_from_dir
 from discrete_diffusion.figures import swissroll as figures
+from discrete_diffusion.figures.samples import write_samples, write_trajectory
 
 SMALL = swissroll.Config(bins=8, num_train=64, num_test=16, noise=0.3, seed=3)
 
@@ -97,13 +98,13 @@ def test_point_codec_round_trips_and_renders_a_png(tmp_path):
     loaded = codec_from_dir(tmp_path)
     assert isinstance(loaded, swissroll.PointCodec) and loaded.bins == 8
     x = torch.tensor([[0, 1], [7, 7], [8, 3]])  # the last point has a masked coordinate
-    summary = loaded.render(x, tmp_path / "points.png")
+    summary = write_samples(loaded, x, tmp_path / "points.png")
     assert "3 points" in summary
     with Image.open(tmp_path / "points.png") as image:
         assert image.size == (400, 400)
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
-        loaded.render(torch.zeros(3, 3, dtype=torch.long))
-    loaded.render_progressive([(2, x), (0, x)], tmp_path / "strip.png")
+        write_samples(loaded, torch.zeros(3, 3, dtype=torch.long))
+    write_trajectory(loaded, [(2, x), (0, x)], tmp_path / "strip.png")
     with Image.open(tmp_path / "strip.png") as image:
         assert image.size == (400, 240)
 

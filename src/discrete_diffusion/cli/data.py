@@ -12,6 +12,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from discrete_diffusion.files import atomic_path
+
 
 def _text8(args: argparse.Namespace) -> int:
     from discrete_diffusion.data.text_convert import convert_file
@@ -28,9 +30,8 @@ def _enwiki(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     src = enwiki_text8_path()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(src, tmp)
     print(f"wrote {out.stat().st_size:,} characters of English Wikipedia (text8 format) to {out}")
     return 0
 

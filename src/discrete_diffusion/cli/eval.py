@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from discrete_diffusion.data.base import atomic_write_text
+from discrete_diffusion.cli.common import device_of
+from discrete_diffusion.files import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,12 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo noise")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=run)
-
-
-def device_of(name: str) -> torch.device:
-    from discrete_diffusion.training.distributed import DistEnv, pick_device
-
-    return pick_device(name, DistEnv())
 
 
 def check_data_matches(data, info) -> None:

@@ -61,8 +61,8 @@ def _read_samples(path: Path):
 def _fid(args: argparse.Namespace) -> int:
     import torch
 
-    from discrete_diffusion.data.base import cache_dir
     from discrete_diffusion.evaluation import fid
+    from discrete_diffusion.files import cache_dir
 
     name, reference, k = _load_images(args.reference)
     samples = _read_samples(Path(args.samples))

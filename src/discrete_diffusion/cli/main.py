@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from discrete_diffusion.data.base import CACHE_ENV
+from discrete_diffusion.files import CACHE_ENV
 
 COMMANDS = ("train", "eval", "sample", "data", "figures", "demo")
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError,

@@ -52,7 +52,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from discrete_diffusion.cli.eval import device_of
+    from discrete_diffusion.cli.common import device_of
+    from discrete_diffusion.figures.samples import write_samples, write_trajectory
     from discrete_diffusion.training.builders import load_trained
 
     _check_args(args)
@@ -69,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
                                 fixed=fixed, trajectory=args.progressive)
     if args.progressive:
         x, path = out
-        text = codec.render_progressive(_pick(path, trained.method.num_steps), out=args.out)
+        text = write_trajectory(codec, _pick(path, trained.method.num_steps), out=args.out)
     else:
         x = out
-        text = codec.render(out.cpu(), out=args.out)
+        text = write_samples(codec, out.cpu(), out=args.out)
     if args.save_npy is not None:
         _save_npy(x, args.save_npy)
     if text and codec.kind != "image":  # an image codec returns the file it wrote
@@ -84,16 +85,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _save_npy(x: Tensor, path: Path) -> None:
     """Write the samples [N, ...] as a .npy array, atomically (temp file, then rename)."""
-    import os
-
     import numpy as np
+
+    from discrete_diffusion.files import atomic_path
 
     if path.suffix != ".npy":
         raise ValueError(f"--save-npy needs a .npy file name, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, x.cpu().numpy().astype(np.int64 if x.max() > 65535 else np.uint16))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, x.cpu().numpy().astype(np.int64 if x.max() > 65535 else np.uint16))
     print(f"wrote {path}")
 
 

@@ -5,11 +5,11 @@
   the run folder (`RUN_DIR/data/info.json` + `arrays.safetensors`).
 * A `Codec` turns ids back into something people read and is saved beside it (`codec.json`
   with a "kind" entry, plus whatever files the codec needs), so sampling needs no data.
-* `ArrayBatches` is a ready-made `BatchIterator` over an in-memory tensor: shuffled epochs,
-  sharded by rank, resumable through `state_dict()`.
+* `ArrayBatches` is a ready-made `BatchIterator` over an in-memory (or memory-mapped) array:
+  shuffled epochs, sharded by rank, an optional seeded per-batch transform, resumable through
+  `state_dict()`.
 
-The data cache (downloads, tokenised arrays) lives in `~/.cache/discrete_diffusion` unless the
-environment variable DISCRETE_DIFFUSION_CACHE (set by `d3pm --cache DIR`) says otherwise.
+Files are written atomically and the data cache is found through `discrete_diffusion.files`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import importlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-CACHE_ENV = "DISCRETE_DIFFUSION_CACHE"
+from discrete_diffusion.files import atomic_path, atomic_write_json, atomic_write_text
+
 UNITS = ("char", "token", "dim")
 
 # codec.json "kind" -> "module:Class"; imported only when a codec of that kind is loaded.
@@ -35,27 +36,10 @@ CODECS: dict[str, str] = {
     "text8": "discrete_diffusion.data.text8:CharCodec",
     "sentencepiece": "discrete_diffusion.data.lm1b:SentencePieceCodec",
     "tokens": "discrete_diffusion.data.token_arrays:TokenCodec",
-    "image": "discrete_diffusion.data.images:ImageCodec",
+    "image": "discrete_diffusion.data.image_arrays:ImageCodec",
     "points": "discrete_diffusion.data.swissroll:PointCodec",
     "synthetic": "discrete_diffusion.data.synthetic:IdCodec",
 }
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """The data cache folder: `override`, else $DISCRETE_DIFFUSION_CACHE, else
-    `~/.cache/discrete_diffusion`. Created on first use."""
-    path = Path(override or os.environ.get(CACHE_ENV) or Path.home() / ".cache/discrete_diffusion")
-    path = path.expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`, so that a reader
-    never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----- DataInfo ----------------------------------------------------------------------------
@@ -111,13 +95,12 @@ class DataInfo:
         arrays = {k: getattr(self, k).contiguous() for k in ("marginal", "embeddings")
                   if getattr(self, k) is not None}
         if arrays:
-            tmp = directory / "arrays.safetensors.tmp"
-            save_file(arrays, str(tmp))
-            os.replace(tmp, directory / "arrays.safetensors")
+            with atomic_path(directory / "arrays.safetensors") as tmp:
+                save_file(arrays, str(tmp))
         meta = {"num_classes": self.num_classes, "example_shape": list(self.example_shape),
                 "mask_index": self.mask_index, "unit": self.unit, "name": self.name,
                 "arrays": sorted(arrays)}
-        atomic_write_text(directory / "info.json", json.dumps(meta, indent=2))
+        atomic_write_json(directory / "info.json", meta, indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> DataInfo:
@@ -186,10 +169,13 @@ class DataSource(Protocol):
 
 # ----- codecs ------------------------------------------------------------------------------
 class Codec:
-    """Turns ids into readable output; subclasses set `kind` (a key of `CODECS`).
+    """Turns ids into what they stand for; subclasses set `kind` (a key of `CODECS`).
 
-    The default `save` writes `codec.json` = {"kind": kind, **self.config()} and the default
-    `load` calls `cls(**config)`; codecs holding files (a sentencepiece model) override both.
+    Text codecs decode to text (`render`); codecs of pictures decode to arrays (the image
+    codec's `pixels`, the points codec's `points`) that `figures.samples` draws: data never
+    draws. The default `save` writes `codec.json` = {"kind": kind, **self.config()} and the
+    default `load` calls `cls(**config)`; codecs holding files (a sentencepiece model) override
+    both.
     """
 
     kind: str = ""
@@ -201,8 +187,8 @@ class Codec:
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "codec.json",
-                          json.dumps({"kind": self.kind, **self.config()}, indent=2))
+        atomic_write_json(directory / "codec.json", {"kind": self.kind, **self.config()},
+                          indent=2)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Codec:
@@ -210,10 +196,9 @@ class Codec:
         config.pop("kind", None)
         return cls(**config)
 
-    def render(self, x: Tensor, out: str | os.PathLike | None = None) -> str | None:
-        """Render a batch of examples [N, *example_shape]: text codecs return a string (and
-        write it to `out` when given); image codecs write a grid to `out`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot render examples")
+    def render(self, x: Tensor, out: str | os.PathLike | None = None) -> str:
+        """Examples [N, *example_shape] as text (written to `out` when given)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot render examples as text")
 
     def encode(self, text: str) -> Tensor:
         """Ids LongTensor [L] of `text` (text codecs only)."""
@@ -224,12 +209,13 @@ class Codec:
         raise ValueError(f"the {self.kind or type(self).__name__} codec has no infilling")
 
     def render_progressive(self, trajectory: Sequence[tuple[int, Tensor]],
-                           out: str | os.PathLike | None = None) -> str | None:
-        """Render [(t, x_t [N, ...]), ...] from t = T down to 0: by default one block per t."""
+                           out: str | os.PathLike | None = None) -> str:
+        """[(t, x_t [N, ...]), ...] from t = T down to 0 as text, one block per t (written to
+        `out` when given)."""
         blocks = [f"t = {t}\n{self.render(x_t)}" for t, x_t in trajectory]
         text = "\n".join(blocks)
         if out is not None:
-            Path(out).write_text(text + "\n")
+            atomic_write_text(out, text + "\n")
         return text
 
 
@@ -245,7 +231,11 @@ def codec_from_dir(directory: str | os.PathLike) -> Codec:
     return getattr(importlib.import_module(module_name), class_name).load(directory)
 
 
-# ----- a resumable, sharded batch iterator over an in-memory tensor -------------------------
+# ----- a resumable, sharded batch iterator over an in-memory array ---------------------------
+# transform(batch [B, ...], u float64 [B]) -> batch [B, ...]; u holds one uniform draw per example.
+BatchTransform = Callable[[Tensor, np.ndarray], Tensor]
+
+
 class ArrayBatches:
     """Endless shuffled batches of rows of `data` [N, *example_shape].
 
@@ -253,11 +243,20 @@ class ArrayBatches:
     the next `batch_size * world_size` indices (the global batch) and this rank keeps its slice
     `[rank * batch_size, (rank + 1) * batch_size)`, so N processes together see exactly what one
     process with the global batch would. A partial global batch at an epoch's end is dropped.
-    State: {"epoch", "offset"} (position in the epoch's permutation).
+
+    `data` is a Tensor, or a numpy array (possibly memory-mapped) whose rows are read in
+    increasing order, so a memory map is read forwards, and returned as int64. An optional
+    `transform(batch, u)` is applied to every batch; `u` float64 [B] holds one uniform number
+    in [0, 1) per example, drawn for the whole epoch from the same generator right after the
+    permutation and taken by position in the epoch, so transformed batches resume exactly too.
+
+    State: {"epoch", "offset"} (position in the epoch's permutation); "position" is read as
+    "offset" (the name image sources saved before they used this iterator).
     """
 
-    def __init__(self, data: Tensor, batch_size: int, *, seed: int, rank: int = 0,
-                 world_size: int = 1, state: dict | None = None, shuffle: bool = True) -> None:
+    def __init__(self, data: Tensor | np.ndarray, batch_size: int, *, seed: int, rank: int = 0,
+                 world_size: int = 1, state: dict | None = None, shuffle: bool = True,
+                 transform: BatchTransform | None = None) -> None:
         global_batch = batch_size * world_size
         if batch_size < 1 or global_batch > len(data):
             raise ValueError(f"batch size {batch_size} x {world_size} processes does not fit "
@@ -266,14 +265,17 @@ class ArrayBatches:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        state = state or {"epoch": 0, "offset": 0}
-        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
-        self._perm = self._permutation(self.epoch)
+        self.transform = transform
+        state = state or {}
+        self.epoch = int(state.get("epoch", 0))
+        self.offset = int(state.get("offset", state.get("position", 0)))
+        self._start_epoch(self.epoch)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.data))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+    def _start_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.data)
+        self._perm = rng.permutation(n) if self.shuffle else np.arange(n)
+        self._uniforms = rng.random(n) if self.transform is not None else None
 
     def __iter__(self) -> ArrayBatches:
         return self
@@ -282,21 +284,35 @@ class ArrayBatches:
         global_batch = self.batch_size * self.world_size
         if self.offset + global_batch > len(self.data):
             self.epoch, self.offset = self.epoch + 1, 0
-            self._perm = self._permutation(self.epoch)
+            self._start_epoch(self.epoch)
         start = self.offset + self.rank * self.batch_size
-        index = torch.from_numpy(self._perm[start:start + self.batch_size].copy())
+        chosen = slice(start, start + self.batch_size)
+        batch = self._rows(self._perm[chosen])
+        if self.transform is not None:
+            batch = self.transform(batch, self._uniforms[chosen])
         self.offset += global_batch
-        return self.data[index]
+        return batch
+
+    def _rows(self, index: np.ndarray) -> Tensor:
+        if isinstance(self.data, np.ndarray):
+            order = np.argsort(index)
+            rows = np.asarray(self.data[index[order]], dtype=np.int64)
+            return torch.from_numpy(rows[np.argsort(order)])  # back to the drawn order
+        return self.data[torch.from_numpy(index.copy())]
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "offset": self.offset}
 
 
-def eval_batches_of(data: Tensor, batch_size: int,
+def eval_batches_of(data: Tensor | np.ndarray, batch_size: int,
                     max_examples: int | None = None) -> Iterator[Tensor]:
-    """One pass in order over the first `max_examples` rows of `data`."""
+    """One pass in order over the first `max_examples` rows of `data` (numpy rows come as
+    int64 tensors)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     n = len(data) if max_examples is None else min(max_examples, len(data))
     for start in range(0, n, batch_size):
-        yield data[start:min(start + batch_size, n)]
+        chunk = data[start:min(start + batch_size, n)]
+        if isinstance(chunk, np.ndarray):
+            chunk = torch.from_numpy(np.array(chunk, dtype=np.int64))
+        yield chunk

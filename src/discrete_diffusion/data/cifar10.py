@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 import urllib.request
@@ -30,6 +29,8 @@ import numpy as np
 
 from discrete_diffusion.data.image_arrays import ImageArraySource
 from discrete_diffusion.data.image_cache import cached_array, file_key
+from discrete_diffusion.data.images import load_split
+from discrete_diffusion.files import atomic_path
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -123,8 +124,6 @@ def build(cfg: Config, data_arg: str | None) -> ImageArraySource:
         raise FileNotFoundError(f"no such CIFAR-10 file or folder: {path}")
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     if not is_python_version(path):
-        from discrete_diffusion.data.images import load_split
-
         splits = {s: load_split(path, s, cfg.cache_dir) for s in ("train", "test")}
         return ImageArraySource("cifar10-jpeg", splits, 256, flip=cfg.flip,
                                 description="CIFAR-10 (JPEG q75 copy)")
@@ -155,13 +154,9 @@ def download(directory: str | Path, url: str = URL, md5: str = MD5) -> Path:
     if target.is_file() and md5_of(target) == md5:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         urllib.request.urlretrieve(url, tmp)
         got = md5_of(tmp)
         if got != md5:
             raise ValueError(f"checksum mismatch for {url}: MD5 {got}, expected {md5}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

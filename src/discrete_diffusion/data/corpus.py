@@ -21,9 +21,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from discrete_diffusion.data.base import cache_dir
 from discrete_diffusion.data.text_cache import cache_key
 from discrete_diffusion.data.text_convert import to_text8
+from discrete_diffusion.files import atomic_write_text, cache_dir
 
 ENWIKI_MEMBER = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 ENWIKI_RELPATH = f"gensim/test/test_data/{ENWIKI_MEMBER}"
@@ -121,7 +121,5 @@ def enwiki_text8_path(root: Path | None = None) -> Path:
     out = (root or cache_dir()) / "corpus" / f"enwiki-text8-{key}.txt"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(wiki_to_text8(dump))
-        tmp.replace(out)
+        atomic_write_text(out, wiki_to_text8(dump))
     return out

@@ -1,12 +1,14 @@
-"""A data source over uint8 image arrays [N, C, H, W]: the shared core of the image sources.
+"""A data source over uint8 image arrays [N, C, H, W] and the image codec: the shared core of
+the image sources (digits, CIFAR-10, image folders).
 
 Pixels stay integers 0..K-1 (K = 256 for 8-bit images, 17 for scikit-learn's digits); the model
 sees them as categories. The absorbing state is a real mid-grey value (`mask_index`), as in the
 paper's CIFAR-10 experiments (128 for 256 levels), so the data vocabulary is not enlarged.
 
-Training batches are shuffled per epoch with a permutation seeded by (seed, epoch) and, when
-`flip` is on, each example is mirrored left-right with probability 1/2 drawn from the same seeded
-stream: a run resumed from `state_dict()` sees exactly the same batches.
+Training batches are `ArrayBatches`: shuffled per epoch with a permutation seeded by
+(seed, epoch) and, when `flip` is on, each example is mirrored left-right with probability 1/2
+drawn from the same seeded stream (`flip_left_right`): a run resumed from `state_dict()` sees
+exactly the same batches.
 """
 
 from __future__ import annotations
@@ -18,71 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from discrete_diffusion.data.base import ArrayBatches, Codec, DataInfo, eval_batches_of
+
 _EVAL_SPLITS = {"train": "train", "test": "test", "valid": "test", "validation": "test"}
 
 
-class ImageBatches:
-    """Resumable iterator of training batches, LongTensor [B, C, H, W] (the BatchIterator).
-
-    Rank `rank` of `world_size` takes the rank-th slice of each global batch of
-    `batch_size * world_size` examples; an epoch drops its last incomplete global batch.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        batch_size: int,
-        *,
-        seed: int,
-        flip: bool,
-        rank: int = 0,
-        world_size: int = 1,
-        state: dict[str, Any] | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world size {world_size}")
-        global_batch = batch_size * world_size
-        if global_batch > len(images):
-            raise ValueError(
-                f"global batch {global_batch} exceeds the {len(images)} training images"
-            )
-        self.images, self.batch_size, self.seed, self.flip = images, batch_size, seed, flip
-        self.rank, self.world_size = rank, world_size
-        state = state or {}
-        self.epoch = int(state.get("epoch", 0))
-        self.position = int(state.get("position", 0))
-        self._load_epoch()
-
-    def _load_epoch(self) -> None:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self._order = rng.permutation(len(self.images))
-        self._flips = rng.random(len(self.images)) < 0.5
-
-    def __iter__(self) -> ImageBatches:
-        return self
-
-    def __next__(self) -> Tensor:
-        global_batch = self.batch_size * self.world_size
-        if self.position + global_batch > len(self.images):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._load_epoch()
-        start = self.position + self.rank * self.batch_size
-        chosen = slice(start, start + self.batch_size)
-        batch = np.array(self.images[np.sort(self._order[chosen])], dtype=np.int64)
-        # Sorting the indices lets a memory-mapped array be read forwards; undo it below.
-        unsort = np.argsort(np.argsort(self._order[chosen]))
-        batch = batch[unsort]
-        if self.flip:
-            mirror = self._flips[chosen]
-            batch[mirror] = batch[mirror][..., ::-1]
-        self.position += global_batch
-        return torch.from_numpy(np.ascontiguousarray(batch))
-
-    def state_dict(self) -> dict[str, int]:
-        """JSON-able position: pass it back as `state=` to continue exactly."""
-        return {"epoch": self.epoch, "position": self.position}
+def flip_left_right(batch: Tensor, u: np.ndarray) -> Tensor:
+    """Mirror the images [B, C, H, W] whose uniform draw `u` [B] is below 1/2 (a
+    `BatchTransform` of `ArrayBatches`)."""
+    mirror = torch.from_numpy(u < 0.5).view(-1, *([1] * (batch.dim() - 1)))
+    return torch.where(mirror, batch.flip(-1), batch)
 
 
 class ImageArraySource:
@@ -135,25 +82,20 @@ class ImageArraySource:
         rank: int = 0,
         world_size: int = 1,
         state: dict[str, Any] | None = None,
-    ) -> ImageBatches:
-        return ImageBatches(
-            self._split("train"), batch_size, seed=seed, flip=self.flip,
-            rank=rank, world_size=world_size, state=state,
+    ) -> ArrayBatches:
+        """Endless batches LongTensor [batch_size, C, H, W], mirrored at random when `flip`."""
+        return ArrayBatches(
+            self._split("train"), batch_size, seed=seed, rank=rank, world_size=world_size,
+            state=state, transform=flip_left_right if self.flip else None,
         )
 
     def eval_batches(
         self, split: str, batch_size: int, *, max_examples: int | None = None
     ) -> Iterator[Tensor]:
         """Batches of the split in stored order, unflipped: LongTensor [b, C, H, W]."""
-        images = self._split(split)
-        stop = len(images) if max_examples is None else min(max_examples, len(images))
-        for start in range(0, stop, batch_size):
-            chunk = np.array(images[start : min(start + batch_size, stop)], dtype=np.int64)
-            yield torch.from_numpy(chunk)
+        return eval_batches_of(self._split(split), batch_size, max_examples)
 
-    def info(self):  # -> DataInfo
-        from discrete_diffusion.data.base import DataInfo
-
+    def info(self) -> DataInfo:
         return DataInfo(
             num_classes=self.num_classes,
             example_shape=self.example_shape,
@@ -162,7 +104,37 @@ class ImageArraySource:
             name=self.name,
         )
 
-    def codec(self):  # -> ImageCodec
-        from discrete_diffusion.data.images import ImageCodec
-
+    def codec(self) -> ImageCodec:
         return ImageCodec(num_classes=self.num_classes, example_shape=self.example_shape)
+
+
+class ImageCodec(Codec):
+    """Decodes pixel ids [N, C, H, W] (0..K-1) into pixel-level arrays, which
+    `figures.samples` draws as PNG grids; saved into the run folder as
+    codec.json {"kind": "image", "num_classes": K, "example_shape": [C, H, W]}.
+
+    Args:
+        num_classes: K grey levels per channel.
+        example_shape: (C, H, W).
+    """
+
+    kind = "image"
+
+    def __init__(self, num_classes: int, example_shape: tuple[int, ...]) -> None:
+        if len(example_shape) != 3:
+            raise ValueError(f"image codec needs example_shape (C, H, W), got {example_shape}")
+        self.num_classes = int(num_classes)
+        self.example_shape = tuple(int(s) for s in example_shape)
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "example_shape": list(self.example_shape)}
+
+    def pixels(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """Samples [N, C, H, W] as a numpy array of levels 0..K-1; a wrong shape is an error."""
+        x = np.asarray(x.cpu() if isinstance(x, Tensor) else x)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.example_shape:
+            raise ValueError(
+                f"image codec expects samples [N, {', '.join(map(str, self.example_shape))}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x

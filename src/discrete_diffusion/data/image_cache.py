@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from discrete_diffusion import files
+
 
 def default_cache_dir() -> Path:
     """The images/ folder of the data cache ($DISCRETE_DIFFUSION_CACHE or
-    ~/.cache/discrete_diffusion; see `data.base.cache_dir`)."""
-    from discrete_diffusion.data.base import cache_dir
-
-    return cache_dir() / "images"
+    ~/.cache/discrete_diffusion; see `files.cache_dir`)."""
+    return files.cache_dir() / "images"
 
 
 def file_key(paths: Iterable[Path], extra: str = "") -> str:
@@ -36,12 +35,10 @@ def file_key(paths: Iterable[Path], extra: str = "") -> str:
 
 
 def save_atomic(array: np.ndarray, path: Path) -> None:
-    """np.save to a temporary file beside `path`, then os.replace it into place."""
+    """np.save to `path` atomically (a temporary file beside it, then os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        np.save(tmp, array, allow_pickle=False)
 
 
 def cached_array(

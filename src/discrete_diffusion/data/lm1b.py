@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discrete_diffusion.data.base import Codec, atomic_write_text, cache_dir
+from discrete_diffusion.data.base import Codec
 from discrete_diffusion.data.text_cache import cache_key, cached_arrays, smallest_uint
 from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
+from discrete_diffusion.files import atomic_path, atomic_write_json, atomic_write_text, cache_dir
 
 MODEL_FILE = "spm.model"
 MASK_TEXT = "_"
@@ -78,8 +79,7 @@ def train_sentencepiece(inputs: list[str | Path] | str | Path, out: str | Path,
     if out.suffix != ".model":
         out = out.with_name(out.name + ".model")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as writer:
+    with atomic_path(out) as tmp, open(tmp, "wb") as writer:
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=iter(sentences), model_writer=writer, vocab_size=vocab_size,
@@ -87,9 +87,7 @@ def train_sentencepiece(inputs: list[str | Path] | str | Path, out: str | Path,
                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=True,
             )
         except RuntimeError as err:
-            tmp.unlink(missing_ok=True)
             raise ValueError(f"SentencePiece training failed: {str(err).splitlines()[0]}") from err
-    tmp.replace(out)
     return out
 
 
@@ -137,9 +135,9 @@ class SentencePieceCodec(Codec):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         if self.model_path.resolve() != (d / MODEL_FILE).resolve():
-            shutil.copyfile(self.model_path, d / (MODEL_FILE + ".tmp"))
-            (d / (MODEL_FILE + ".tmp")).replace(d / MODEL_FILE)
-        atomic_write_text(d / "codec.json", f'{{"kind": "{self.kind}", "model": "{MODEL_FILE}"}}')
+            with atomic_path(d / MODEL_FILE) as tmp:
+                shutil.copyfile(self.model_path, tmp)
+        atomic_write_json(d / "codec.json", {"kind": self.kind, "model": MODEL_FILE})
 
     @classmethod
     def load(cls, directory: str | Path) -> SentencePieceCodec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.data.base import ArrayBatches, Codec, DataInfo, eval_batches_of
+from discrete_diffusion.files import atomic_write_text
 
 # The noiseless roll (angle 1.5*pi..4.5*pi) spans about [-9.5, 12.7] x [-11.0, 14.2]; one fixed
 # box for both axes keeps the bins square and the quantization independent of the sample.
@@ -140,10 +141,10 @@ def build(cfg: Config, data_arg: str | None = None) -> SwissRollSource:
 
 
 class PointCodec(Codec):
-    """Renders quantized 2-D points [N, 2] as a scatter plot PNG (codec kind "points").
+    """Decodes quantized 2-D points [N, 2] (codec kind "points"); `figures.samples` draws them
+    as a scatter PNG.
 
-    An id >= bins (the absorbing state of a model with K = bins + 1) is drawn in a grey band
-    beyond the grid, labelled "M".
+    An id >= bins (the absorbing state of a model with K = bins + 1) is a masked coordinate.
     """
 
     kind = "points"
@@ -156,22 +157,15 @@ class PointCodec(Codec):
     def config(self) -> dict:
         return {"bins": self.bins}
 
-    def render(self, x: Tensor, out: str | os.PathLike | None = None) -> str | None:
-        """Write a scatter of `x` [N, 2] to `out` (a PNG path); returns a one-line summary."""
+    def points(self, x: Tensor) -> Tensor:
+        """The bin coordinates of samples `x` [N, 2]; any other shape is an error."""
         if x.dim() != 2 or x.shape[1] != 2:
             raise ValueError(f"points codec renders [N, 2] points, got shape {tuple(x.shape)}")
-        summary = f"{len(x)} points on a {self.bins}x{self.bins} grid"
+        return x
+
+    def render(self, x: Tensor, out: str | os.PathLike | None = None) -> str:
+        """A one-line summary of the points `x` [N, 2] (written to `out` when given)."""
+        text = f"{len(self.points(x))} points on a {self.bins}x{self.bins} grid"
         if out is not None:
-            from discrete_diffusion.figures.swissroll import save_points
-
-            save_points(x, self.bins, out)
-        return summary
-
-    def render_progressive(self, trajectory: Sequence[tuple[int, Tensor]],
-                           out: str | os.PathLike | None = None) -> str | None:
-        """Write [(t, x_t [N, 2]), ...] as a row of scatters to `out` (a PNG path)."""
-        if out is not None:
-            from discrete_diffusion.figures.swissroll import save_strip
-
-            save_strip(trajectory, self.bins, out)
-        return " -> ".join(f"t = {t}" for t, _ in trajectory)
+            atomic_write_text(out, text + "\n")
+        return text

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from discrete_diffusion.data.base import ArrayBatches, Codec, DataInfo, eval_batches_of
+from discrete_diffusion.files import atomic_write_text
 
 SPLITS = ("train", "validation", "test")
 
@@ -54,7 +54,7 @@ class IdCodec(Codec):
         text = "\n".join(" ".join(str(int(v)) if int(v) < self.vocab_size else "_" for v in row)
                          for row in rows)
         if out is not None:
-            Path(out).write_text(text + "\n")
+            atomic_write_text(out, text + "\n")
         return text
 
     def _ids(self, text: str, allow_blank: bool) -> list[int | None]:

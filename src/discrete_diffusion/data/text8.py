@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discrete_diffusion.data.base import Codec, atomic_write_text
+from discrete_diffusion.data.base import Codec
 from discrete_diffusion.data.text_cache import cached_arrays
 from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
+from discrete_diffusion.files import atomic_path, atomic_write_text
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 MASK_CHAR = "_"
@@ -147,9 +148,8 @@ def download(directory: str | Path, url: str = TEXT8_URL) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     dest = d / "text8.zip"
     if not dest.exists():
-        tmp = d / "text8.zip.part"
-        urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed http URL of the data set)
-        tmp.replace(dest)
+        with atomic_path(dest) as tmp:
+            urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed http URL of the data set)
     try:
         verify_text8_zip(dest)
     except ValueError:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from discrete_diffusion.data.base import cache_dir
+from discrete_diffusion.files import atomic_path, atomic_write_json, cache_dir
 
 MANIFEST = "manifest.json"
 
@@ -39,9 +38,8 @@ def cache_key(sources: list[str | Path], params: Mapping) -> str:
 
 
 def _save_array(folder: Path, name: str, array: np.ndarray) -> None:
-    tmp = folder / f"{name}.tmp.npy"
-    np.save(tmp, np.ascontiguousarray(array))
-    os.replace(tmp, folder / f"{name}.npy")
+    with atomic_path(folder / f"{name}.npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(array))
 
 
 def load_cached(folder: Path) -> dict[str, np.ndarray] | None:
@@ -67,7 +65,7 @@ def cached_arrays(
         sources: files whose path, size and mtime key the cache.
         params: JSON-able preparation parameters (changing one rebuilds).
         build: computes {array name: ndarray}; called only on a cache miss.
-        root: cache root; default `data.base.cache_dir()`.
+        root: cache root; default `files.cache_dir()`.
     Returns:
         {array name: read-only memory-mapped ndarray}.
     """
@@ -79,9 +77,8 @@ def cached_arrays(
     folder.mkdir(parents=True, exist_ok=True)
     for key, array in arrays.items():
         _save_array(folder, key, array)
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"arrays": sorted(arrays), "params": dict(params)}, indent=1))
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write_json(folder / MANIFEST, {"arrays": sorted(arrays), "params": dict(params)},
+                      indent=1)
     loaded = load_cached(folder)
     assert loaded is not None
     return loaded

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from discrete_diffusion.files import atomic_path
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _SPACES = re.compile(" {2,}")
 _CHUNK_CHARS = 1 << 22
@@ -65,23 +67,21 @@ def convert_file(input_path: str | Path, output_path: str | Path) -> int:
         raise FileNotFoundError(f"input text not found: {src}")
     if dst.resolve() == src.resolve():
         raise ValueError(f"output {dst} would overwrite the input; choose another path")
-    tmp = dst.with_name(dst.name + ".tmp")
     written = 0
     pending_space = False  # a space owed between two chunks; dropped at either end
-    with open(src, encoding="utf-8", errors="replace") as fin, open(tmp, "w") as fout:
-        while chunk := fin.read(_CHUNK_CHARS):
-            piece = _raw_convert(chunk)
-            pending_space = pending_space or piece.startswith(" ")
-            body = piece.strip(" ")
-            if body:
-                if pending_space and written:
-                    fout.write(" ")
-                    written += 1
-                fout.write(body)
-                written += len(body)
-                pending_space = piece.endswith(" ")
-    if written == 0:
-        tmp.unlink()
-        raise ValueError(f"{src}: no letters or digits to convert (the text8 output is empty)")
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        with open(src, encoding="utf-8", errors="replace") as fin, open(tmp, "w") as fout:
+            while chunk := fin.read(_CHUNK_CHARS):
+                piece = _raw_convert(chunk)
+                pending_space = pending_space or piece.startswith(" ")
+                body = piece.strip(" ")
+                if body:
+                    if pending_space and written:
+                        fout.write(" ")
+                        written += 1
+                    fout.write(body)
+                    written += len(body)
+                    pending_space = piece.endswith(" ")
+        if written == 0:
+            raise ValueError(f"{src}: no letters or digits to convert (the text8 output is empty)")
     return written

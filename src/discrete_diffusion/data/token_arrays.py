@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discrete_diffusion.data.base import Codec, atomic_write_text
+from discrete_diffusion.data.base import Codec
 from discrete_diffusion.data.text_cache import cached_arrays, smallest_uint
 from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
+from discrete_diffusion.files import atomic_write_text
 
 MASK_TEXT = "_"
 _PREP_VERSION = 1

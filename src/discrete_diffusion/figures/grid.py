@@ -8,11 +8,12 @@ a mid grey value: masking is visible in the image itself.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from discrete_diffusion.files import atomic_path
 
 
 def to_uint8(x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -42,9 +43,8 @@ def save_png(canvas: np.ndarray, out: str | Path, scale: int = 1) -> Path:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
     return out
 
 

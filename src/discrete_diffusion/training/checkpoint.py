@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from discrete_diffusion.data.base import atomic_write_text
+from discrete_diffusion.files import atomic_path, atomic_write_text
 
 STEP_DIGITS = 6
 
@@ -50,9 +50,8 @@ def step_name(step: int) -> str:
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     # Clones break storage sharing (tied weights), which safetensors refuses to save.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(plain, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp))
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:

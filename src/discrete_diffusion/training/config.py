@@ -359,7 +359,7 @@ def dump_config(config: RunConfig, path: str | Path | None = None) -> str:
     """The resolved config as YAML (written to `path` atomically when given)."""
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     if path is not None:
-        from discrete_diffusion.data.base import atomic_write_text
+        from discrete_diffusion.files import atomic_write_text
 
         atomic_write_text(Path(path), text)
     return text

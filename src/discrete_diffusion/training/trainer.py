@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from discrete_diffusion.data.base import DataSource
 from discrete_diffusion.evaluation.bound import evaluate_bound
+from discrete_diffusion.figures.samples import is_picture, write_samples
 from discrete_diffusion.training import distributed
 from discrete_diffusion.training.builders import build_method, build_model
 from discrete_diffusion.training.checkpoint import (
@@ -40,8 +41,6 @@ from discrete_diffusion.training.checkpoint import (
 from discrete_diffusion.training.config import RunConfig, config_from_dict, dump_config, read_yaml
 from discrete_diffusion.training.ema import EMA
 from discrete_diffusion.training.metrics import MetricsLog, RunningStats
-
-PICTURE_CODECS = ("image", "points")  # codecs whose render(x, out) writes a PNG
 
 # train keys that may change when a run is resumed (bookkeeping, not the optimisation itself)
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "eval_examples", "eval_steps",
@@ -345,14 +344,14 @@ class Trainer:
         path = None
         if self.main and self.tc.num_samples > 0:
             codec = self.data.codec()
-            suffix = ".png" if codec.kind in PICTURE_CODECS else ".txt"
+            suffix = ".png" if is_picture(codec) else ".txt"
             path = self.run_dir / "samples" / f"step_{self.step:06d}{suffix}"
             path.parent.mkdir(exist_ok=True)
             gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 3, self.step))
             with self._autocast():
                 x = self.method.sample(self.eval_model, self.tc.num_samples,
                                        steps=self.tc.eval_steps, generator=gen)
-            codec.render(x.cpu(), out=path)
+            write_samples(codec, x.cpu(), out=path)
         distributed.barrier(self.dist)
         return path
 
