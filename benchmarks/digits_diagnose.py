@@ -111,11 +111,11 @@ def bound_terms(process, denoiser, x_0: Tensor, seed: int) -> tuple[Tensor, Tens
 
 def evaluate(trainer, images: int, seed: int, data: str) -> dict:
     """The decomposed bound of the EMA weights on the first `images` test digits."""
-    from discrete_diffusion.methods.diffusion import _float_logits
+    from discrete_diffusion.methods.diffusion import as_denoiser
 
     method, model = trainer.method, trainer.eval_model.eval()
     x_0 = torch.cat(list(build_source(data).eval_batches("test", images, max_examples=images)))
-    prior, terms = bound_terms(method.process, _float_logits(model, method.excluded), x_0, seed)
+    prior, terms = bound_terms(method.process, as_denoiser(model, method.excluded), x_0, seed)
     total = (prior + terms.sum(0)) / (DIMS * math.log(2))
     return {"images": int(x_0.shape[0]), "T": method.num_steps,
             "prior_bpd": float(prior.mean() / (DIMS * math.log(2))),

@@ -3,7 +3,8 @@
 For Uniform, Absorbing and MaskUniform: the fused loss term equals the generic
 KL(q(x_s | x_t, x_0) || p(x_s | x_t)) at every (s, t) and every pair (x_0, x_t), with random
 and extreme logits, with and without autograd (the no-gradient path works in place);
-the fused q_sample draws from q(x_t | x_0) (chi-square on a fixed generator).
+the fused q_sample draws from q(x_t | x_0) (chi-square on a fixed generator). Both paths are
+reached through the public switch, `D3PM(..., fused=True)` against `fused=False`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from scipy import stats
 
 from discrete_diffusion import D3PM, schedules
 from discrete_diffusion.categorical import categorical_kl
-from discrete_diffusion.transitions import Absorbing, MaskUniform, Uniform
+from discrete_diffusion.transitions import Absorbing, DiscretizedGaussian, MaskUniform, Uniform
+from discrete_diffusion.transitions.base import FUSED_OPERATIONS
+from discrete_diffusion.transitions.mask_uniform import FUSED_MIN_CLASSES
 
 F64 = torch.float64
 K = 5
@@ -41,17 +44,17 @@ def _transition(kind: str, steps: int):
         uniform = torch.full((steps,), 0.2, dtype=F64)
         uniform[1] = 1.0
         tr = MaskUniform(K, 1, uniform)
-    tr._fused_posteriors = True  # the closed forms, used from FUSED_MIN_CLASSES classes on
     return tr
 
 
 def _pair(kind: str, schedule: str) -> tuple[D3PM, D3PM]:
-    """The process with its fused hooks, and the same process on the generic path."""
+    """The process with all its fused hooks (at K = 5 MaskUniform would leave its posteriors
+    to the generic path), and the same process on the generic path."""
     betas = SCHEDULES[schedule]()
-    fused = D3PM(_transition(kind, betas.shape[0]), betas)
-    generic = D3PM(_transition(kind, betas.shape[0]), betas)
-    for name in ("_sample_cumulative", "_log_q_posterior", "_log_p_posterior", "_posterior_kl"):
-        setattr(generic, name, None)
+    fused = D3PM(_transition(kind, betas.shape[0]), betas, fused=True)
+    generic = D3PM(_transition(kind, betas.shape[0]), betas, fused=False)
+    assert fused.fused_operations == frozenset(FUSED_OPERATIONS)
+    assert generic.fused_operations == frozenset()
     return fused, generic
 
 
@@ -78,13 +81,13 @@ def test_fused_vb_term_equals_generic(kind: str, schedule: str, extreme: bool) -
         s, t = torch.tensor([s_]), torch.tensor([t_])
         log_x0 = _grid_logits(gen, extreme, x_t).log_softmax(-1)
         reach = fused.cumulative_matrix(t_)[x_0, x_t] > 0  # pairs (x_0, x_t) that can occur
-        want = generic._vb_term(log_x0, x_0, x_t, s, t)
+        want = generic.vb_term(log_x0, x_0, x_t, t, s=s)
         ok = reach & torch.isfinite(want)
-        got = fused._vb_term(log_x0, x_0, x_t, s, t)
+        got = fused.vb_term(log_x0, x_0, x_t, t, s=s)
         torch.testing.assert_close(got[ok], want[ok], atol=2e-4, rtol=1e-4)
         q_f, q_g = (p.q_posterior_logits(x_0, x_t, t, s=s) for p in (fused, generic))
         brute.assert_log_close(q_f[reach], q_g[reach])
-        p_f, p_g = (p._p_logits(log_x0, x_t, s, t) for p in (fused, generic))
+        p_f, p_g = (p.p_logits(log_x0, x_t, t, s=s) for p in (fused, generic))
         finite = torch.isfinite(p_g).any(-1)
         brute.assert_log_close(p_f[finite], p_g[finite], atol=1e-5)
 
@@ -100,17 +103,14 @@ def test_in_place_path_equals_autograd_path(kind: str, schedule: str) -> None:
     t = torch.tensor([1, 2, 3, fused.num_steps])
     x_t = fused.q_sample(x_0, t, generator=gen)
     logits = (torch.randn(4, 6, K, generator=gen, dtype=F64) * 4).requires_grad_(True)
-    log_x0 = logits.log_softmax(-1)
     with torch.no_grad():
-        plain = fused._vb_term(log_x0, x_0, x_t, t - 1, t)
-        plain_p = fused._p_logits(log_x0, x_t, t - 1, t)
-    graded = fused._vb_term(log_x0, x_0, x_t, t - 1, t)
+        plain = fused.vb_term(logits, x_0, x_t, t)
+        plain_p = fused.p_logits(logits, x_t, t)
+    graded = fused.vb_term(logits, x_0, x_t, t)
     torch.testing.assert_close(plain, graded.detach(), atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(plain_p, fused._p_logits(log_x0, x_t, t - 1, t).detach())
+    torch.testing.assert_close(plain_p, fused.p_logits(logits, x_t, t).detach())
     (g_fused,) = torch.autograd.grad(graded.sum(), logits)
-    log_x0 = logits.log_softmax(-1)
-    (g_generic,) = torch.autograd.grad(generic._vb_term(log_x0, x_0, x_t, t - 1, t).sum(),
-                                       logits)
+    (g_generic,) = torch.autograd.grad(generic.vb_term(logits, x_0, x_t, t).sum(), logits)
     assert torch.isfinite(g_fused).all()
     torch.testing.assert_close(g_fused, g_generic, atol=1e-8, rtol=1e-6)
 
@@ -119,12 +119,12 @@ def test_range_properties_are_decided_at_setup() -> None:
     bounded, unbounded = Uniform(K), Uniform(K)
     bounded.setup(SCHEDULES["cosine"]())
     unbounded.setup(SCHEDULES["tiny_first"]())
-    assert bounded._bounded and not unbounded._bounded
+    assert bounded.exp_safe_offsets and not unbounded.exp_safe_offsets
     cosine = SCHEDULES["cosine"]()
     positive, reset = _transition("mask_uniform", 5), _transition("mask_uniform_reset", 5)
     positive.setup(cosine)
     reset.setup(cosine)
-    assert positive._b_positive and not reset._b_positive
+    assert positive.uniform_keep_positive and not reset.uniform_keep_positive
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,41 +172,53 @@ def test_training_losses_fused_vb_equals_generic_kl() -> None:
 
 
 def test_mask_uniform_small_vocabularies_compose_the_posteriors() -> None:
-    """Below FUSED_MIN_CLASSES the hooks compose the structured operations; at and above it
-    they use the closed forms; both give the same posteriors."""
-    from discrete_diffusion.transitions.mask_uniform import FUSED_MIN_CLASSES
-
-    small, large = (MaskUniform(k, 0, schedules.linear(3, 0.1, 0.3))
-                    for k in (FUSED_MIN_CLASSES - 1, FUSED_MIN_CLASSES))
-    assert not small._fused_posteriors and large._fused_posteriors
+    """By default (fused=None) MaskUniform leaves its posteriors to the generic path below
+    FUSED_MIN_CLASSES classes and uses the closed forms from there on; either way both paths
+    give the same posteriors."""
     betas = schedules.linear(3, 0.2, 0.5)
     gen = torch.Generator().manual_seed(4)
-    for tr in (small, large):
-        k = tr.num_classes
-        proc = D3PM(tr, betas)
+    posteriors = {"log_q_posterior", "log_p_posterior"}
+    for k in (FUSED_MIN_CLASSES - 1, FUSED_MIN_CLASSES):
+        def make(fused: bool | None, k: int = k) -> D3PM:
+            return D3PM(MaskUniform(k, 0, schedules.linear(3, 0.1, 0.3)), betas, fused=fused)
+
+        default, fused, generic = make(None), make(True), make(False)
+        assert default.fused_operations >= {"sample_cumulative", "posterior_kl"}
+        assert (posteriors <= default.fused_operations) == (k >= FUSED_MIN_CLASSES)
         x_0 = torch.randint(0, k, (3, 8), generator=gen)
         t = torch.tensor([1, 2, 3])
-        x_t = proc.q_sample(x_0, t, generator=gen)
-        log_x0 = (torch.randn(3, 8, k, generator=gen) * 3).log_softmax(-1)
-        fused = [tr.log_q_posterior(x_0, x_t, t - 1, t), tr.log_p_posterior(log_x0, x_t, t - 1, t)]
-        tr._fused_posteriors = not tr._fused_posteriors
-        other = [tr.log_q_posterior(x_0, x_t, t - 1, t), tr.log_p_posterior(log_x0, x_t, t - 1, t)]
-        for a, b in zip(fused, other):
-            brute.assert_log_close(a, b, atol=1e-5)
+        x_t = default.q_sample(x_0, t, generator=gen)
+        logits = torch.randn(3, 8, k, generator=gen) * 3
+        for proc in (default, fused):
+            brute.assert_log_close(proc.q_posterior_logits(x_0, x_t, t),
+                                   generic.q_posterior_logits(x_0, x_t, t), atol=1e-5)
+            brute.assert_log_close(proc.p_logits(logits, x_t, t),
+                                   generic.p_logits(logits, x_t, t), atol=1e-5)
+
+
+def test_fused_switch_is_checked() -> None:
+    """fused=True asks for closed forms a transition must have; anything but a bool or None
+    is refused."""
+    betas = schedules.cosine(4)
+    with pytest.raises(ValueError, match="defines no fused operations"):
+        D3PM(DiscretizedGaussian(5), schedules.linear(4, 0.1, 0.5), fused=True)
+    with pytest.raises(ValueError, match="fused must be None, True or False"):
+        D3PM(Uniform(K), betas, fused="yes")
+    assert D3PM(DiscretizedGaussian(5), schedules.linear(4, 0.1, 0.5)).fused_operations == set()
+    assert D3PM(Uniform(K), betas).fused_operations == frozenset(FUSED_OPERATIONS)
 
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_uniform_fused_kl_on_the_smallest_vocabularies(k: int) -> None:
     """K = 2 has no state off {x_0, x_t}; the per-example tables must handle it."""
     betas = schedules.cosine(4)
-    fused, generic = D3PM(Uniform(k), betas), D3PM(Uniform(k), betas)
-    generic._posterior_kl = None
+    fused, generic = D3PM(Uniform(k), betas), D3PM(Uniform(k), betas, fused=False)
     gen = torch.Generator().manual_seed(6)
     x_0, x_t = (v.reshape(1, -1) for v in torch.meshgrid(torch.arange(k), torch.arange(k),
                                                           indexing="ij"))
     for s_, t_ in itertools.combinations(range(5), 2):
         s, t = torch.tensor([s_]), torch.tensor([t_])
         log_x0 = (torch.randn(1, k * k, k, generator=gen) * 3).log_softmax(-1)
-        torch.testing.assert_close(fused._vb_term(log_x0, x_0, x_t, s, t),
-                                   generic._vb_term(log_x0, x_0, x_t, s, t),
+        torch.testing.assert_close(fused.vb_term(log_x0, x_0, x_t, t, s=s),
+                                   generic.vb_term(log_x0, x_0, x_t, t, s=s),
                                    atol=1e-5, rtol=1e-5)

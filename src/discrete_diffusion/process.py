@@ -13,9 +13,9 @@ Choices, stated once:
     * Random draws (times, x_t, samples) take an optional torch.Generator; sampling uses
       Gumbel-max with float64 noise.
 
-Optional fused operations. A transition may define any of these methods; `D3PM` looks them up
-once, at construction, and otherwise composes the `Transition` operations (generic path). Each
-must equal the generic result (tests compare them on tiny processes):
+Optional fused operations. A transition may define any of these methods; each must equal the
+generic path, which `D3PM` composes from the `Transition` operations (tests compare the two on
+tiny processes through `D3PM(..., fused=True)` and `fused=False`):
     sample_cumulative(x_0, t, generator) -> LongTensor        x_t ~ q(x_t | x_0)
     log_q_posterior(x_0, x_t, s, t) -> [B, ..., K]           normalised eq. (3), integer x_0
     log_p_posterior(log_x0, x_t, s, t) -> [B, ..., K]        normalised eq. (4) from log p~
@@ -24,6 +24,9 @@ must equal the generic result (tests compare them on tiny processes):
 K-wide pass (two for MaskUniform's KL) besides the denoiser's log-softmax. Range checks that
 depend only on the schedule are made at setup: the fused loss term of Uniform and Absorbing has
 no device sync (MaskUniform's has one, for tokens where p~ is nearly sure of the mask).
+Which are used is decided once, at construction, by the `fused` argument of `D3PM`: by default
+the transition's `preferred_fused_operations` (MaskUniform leaves its posteriors to the generic
+path below 64 classes, where that is faster); `proc.fused_operations` tells which were chosen.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max
-from discrete_diffusion.transitions.base import Transition, check_schedule
+from discrete_diffusion.transitions._common import check_betas, per_example
+from discrete_diffusion.transitions.base import Transition
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int, int], None]
@@ -48,20 +52,30 @@ class D3PM:
     Args:
         transition: a `Transition` (Uniform, Absorbing, Dense, ...); it is set up here.
         betas: float [T], beta_1..beta_T in [0, 1] (see `schedules`).
+        fused: which of the transition's optional fused operations to use (see the module
+            docstring): None, those it prefers at its K (`preferred_fused_operations`); True,
+            all it defines (an error if it defines none); False, none: the generic path.
+
+    Attributes:
+        fused_operations: frozenset of the names of the fused operations in use (empty on the
+            generic path).
     """
 
-    def __init__(self, transition: Transition, betas: Tensor) -> None:
+    def __init__(self, transition: Transition, betas: Tensor, fused: bool | None = None) -> None:
         if not isinstance(transition, Transition):
             raise ValueError(f"transition must be a Transition, got {type(transition).__name__}")
-        self._betas = check_schedule(betas)
+        self._betas = check_betas(betas)
         self.transition = transition
         transition.setup(self._betas)
-        # Optional fused closed forms of a transition (see `Transition` subclasses Uniform and
-        # Absorbing); chosen once, here. Each must equal the generic computation exactly.
-        self._sample_cumulative = getattr(transition, "sample_cumulative", None)
-        self._log_q_posterior = getattr(transition, "log_q_posterior", None)
-        self._log_p_posterior = getattr(transition, "log_p_posterior", None)
-        self._posterior_kl = getattr(transition, "posterior_kl", None)
+        self.fused_operations = transition.select_fused(fused)
+
+        def fused_op(name: str) -> Callable | None:  # None: the generic path (`_q_sample`, ...)
+            return getattr(transition, name) if name in self.fused_operations else None
+
+        self._sample_cumulative = fused_op("sample_cumulative")
+        self._log_q_posterior = fused_op("log_q_posterior")
+        self._log_p_posterior = fused_op("log_p_posterior")
+        self._posterior_kl = fused_op("posterior_kl")
         self._prior: Tensor | None = None  # L_T per state of x_0, built on first use
 
     # ----- basic views ----------------------------------------------------------------------
@@ -269,6 +283,30 @@ class D3PM:
         out["bound"] = self._prior_kl(x_0).to(vb.dtype) + self.num_steps * vb.detach()
         return out
 
+    def vb_term(
+        self,
+        x0_logits: Tensor,
+        x_0: Tensor,
+        x_t: Tensor,
+        t: int | Tensor,
+        step_size: int = 1,
+        s: int | Tensor | None = None,
+    ) -> Tensor:
+        """The term of the bound for the step t -> s, per position, float [B, ...]:
+        KL(q(x_s | x_t, x_0) || p(x_s | x_t)), and -log p(x_0 | x_t) where s = 0; what
+        `training_losses` ("vb") and `nll_bound` sum over positions, by the same path.
+
+        Args:
+            x0_logits: float [B, ..., K], logits of p~(x_0 | x_t).
+            x_0, x_t: LongTensor [B, ...].
+            t, step_size, s: as in `q_posterior_logits`.
+        """
+        x_t = self._check_x(x_t, "x_t")
+        x_0 = self._check_x(x_0, "x_0", like=x_t)
+        s, t = self._span(x_t, t, step_size, s)
+        self._check_logits(x0_logits, x_t)
+        return self._vb_term(x0_logits.log_softmax(-1), x_0, x_t, s, t)
+
     def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """Per position: KL(q(x_s | x_t, x_0) || p(x_s | x_t)), and -log p(x_0 | x_t) where
         s = 0 (the posterior is then a point mass on x_0 and the KL equals it anyway)."""
@@ -279,7 +317,7 @@ class D3PM:
         if bool((s == 0).all()):
             return decoder
         kl = categorical_kl(self._q_logits(x_0, x_t, s, t), log_p)
-        return torch.where(_per_example(s == 0, kl), decoder, kl)
+        return torch.where(per_example(s == 0, kl.dim()), decoder, kl)
 
     def _draw_times(
         self, batch: int, device: torch.device, generator: torch.Generator | None, how: str
@@ -494,10 +532,6 @@ def _min_max(x: Tensor) -> tuple[int, int]:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _per_example(c: Tensor, like: Tensor) -> Tensor:
-    return c.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _sum_positions(x: Tensor) -> Tensor:

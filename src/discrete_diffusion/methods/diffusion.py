@@ -211,10 +211,21 @@ def build_process(cfg: Config, info: DataInfo) -> tuple[dd.D3PM, int | None]:
 NO_MASS = -1e9
 
 
-def _float_logits(model: nn.Module, excluded: int | None = None) -> Callable[[Tensor, Tensor],
-                                                                             Tensor]:
-    """The model as a denoiser returning float32 logits (bf16 autocast gives bf16), with the
-    logit of class `excluded` (an added mask token) set to NO_MASS."""
+def as_denoiser(
+    model: nn.Module, excluded: int | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """A network as the `denoiser(x_t, t) -> logits` that `D3PM` takes.
+
+    The logits are cast to float32 (bf16 autocast gives bf16), and the logit of class
+    `excluded` (an added mask token, never a value of x_0: `DiffusionMethod.excluded`) is set
+    to NO_MASS.
+
+    Args:
+        model: `model(x_t, t) -> logits [B, ..., K]`, x_t LongTensor [B, ...], t LongTensor [B].
+        excluded: a class that p~(x_0 | x_t) must not predict, or None.
+    Returns:
+        `denoiser(x_t, t) -> float32 [B, ..., K]`.
+    """
     def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
         logits = model(x_t, t).float()
         if excluded is not None:
@@ -248,7 +259,7 @@ class DiffusionMethod:
     def losses(self, model: nn.Module, x_0: Tensor,
                generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """`D3PM.training_losses` with the configured loss: "loss", "vb", "ce", "bound", "t"."""
-        denoiser = _float_logits(model, self.excluded)
+        denoiser = as_denoiser(model, self.excluded)
         return self.process.training_losses(denoiser, x_0, loss=self.cfg.loss,
                                             hybrid_lambda=self.cfg.hybrid_lambda,
                                             generator=generator,
@@ -273,7 +284,7 @@ class DiffusionMethod:
         """Per-example bound in nats [B] over `D3PM.timestep_grid(steps=steps)` (None = all T
         steps): L_T + the KL terms between grid points + L_0."""
         self._check_steps(steps)
-        return self.process.nll_bound(_float_logits(model, self.excluded), x_0,
+        return self.process.nll_bound(as_denoiser(model, self.excluded), x_0,
                                       steps=steps, generator=generator)
 
     @torch.no_grad()
@@ -296,7 +307,7 @@ class DiffusionMethod:
         if fixed is not None:
             fixed = (fixed[0].to(device).expand(shape), fixed[1].to(device).expand(shape))
         if start is None:
-            return self.process.sample(_float_logits(model, self.excluded), shape,
+            return self.process.sample(as_denoiser(model, self.excluded), shape,
                                        generator=generator, fixed=fixed,
                                        return_trajectory=trajectory, steps=steps, device=device)
         return self._sample_from(model, start, steps, generator, fixed, trajectory)
@@ -308,7 +319,7 @@ class DiffusionMethod:
             raise ValueError(f"start step {t} outside 0..{self.num_steps}")
         grid = [g for g in self.process.timestep_grid(steps=steps or self.num_steps) if g < t]
         path = [(t, x_t)]
-        denoiser = _float_logits(model, self.excluded)
+        denoiser = as_denoiser(model, self.excluded)
         for s in reversed(grid):
             if fixed is not None:
                 x_t = torch.where(fixed[0], fixed[1], x_t)

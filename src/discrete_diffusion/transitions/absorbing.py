@@ -8,15 +8,19 @@ extra token K-1 added by the caller for text, the grey value 128 for images.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import log1mexp, uniform_noise
-from discrete_diffusion.transitions.uniform import KeepTransition, _plogp_ratio, per_example
+from discrete_diffusion.transitions._common import (
+    NEG_INF,
+    check_mask_index,
+    per_example,
+    plogp_ratio,
+)
+from discrete_diffusion.transitions.keep import KeepTransition
 
-_NEG_INF = -math.inf
+__all__ = ["Absorbing"]
 
 
 class Absorbing(KeepTransition):
@@ -30,9 +34,7 @@ class Absorbing(KeepTransition):
 
     def __init__(self, num_classes: int, mask_index: int) -> None:
         super().__init__(num_classes)
-        if not isinstance(mask_index, int) or not 0 <= mask_index < num_classes:
-            raise ValueError(f"mask_index must be an integer in 0..{num_classes - 1}, got "
-                             f"{mask_index!r}")
+        check_mask_index(mask_index, num_classes)
         self.mask_index = mask_index
 
     def config(self) -> dict:
@@ -56,7 +58,7 @@ class Absorbing(KeepTransition):
         """Row x_0 of Qbar_t: alphabar_t at x_0, 1 - alphabar_t at m (1 at m if x_0 = m)."""
         log_r, log_1mr = self._log_span(None, t)
         m, ndim = self.mask_index, x_0.dim() + 1
-        out = torch.full((*x_0.shape, self.num_classes), _NEG_INF, device=x_0.device)
+        out = torch.full((*x_0.shape, self.num_classes), NEG_INF, device=x_0.device)
         out[..., m] = per_example(log_1mr, x_0.dim(), torch.float32)
         at_x0 = torch.where(x_0 == m, 0.0, per_example(log_r, ndim - 1, torch.float32))
         return out.scatter_(-1, x_0.unsqueeze(-1), at_x0.unsqueeze(-1))
@@ -80,7 +82,7 @@ class Absorbing(KeepTransition):
         log_r, log_1mr = self._log_span(s, t)
         m, ndim = self.mask_index, x_t.dim()
         is_mask = x_t == m
-        base = torch.where(is_mask, per_example(log_1mr, ndim, torch.float32), _NEG_INF)
+        base = torch.where(is_mask, per_example(log_1mr, ndim, torch.float32), NEG_INF)
         out = base.unsqueeze(-1).expand(*x_t.shape, self.num_classes).clone()
         at_xt = torch.where(is_mask, 0.0, per_example(log_r, ndim, torch.float32))
         return out.scatter_(-1, x_t.unsqueeze(-1), at_xt.unsqueeze(-1))
@@ -100,7 +102,7 @@ class Absorbing(KeepTransition):
         masked = x_t == m
         from_x0 = log_1mr + log_a
         log_z = torch.logaddexp(from_x0, log_1ma)
-        out = torch.full((*x_t.shape, self.num_classes), _NEG_INF, device=x_t.device)
+        out = torch.full((*x_t.shape, self.num_classes), NEG_INF, device=x_t.device)
         first = torch.where(masked, x_0, x_t)
         out.scatter_(-1, first.unsqueeze(-1), torch.where(masked, from_x0 - log_z, 0.0)[..., None])
         at_m = torch.where(x_0 == m, 0.0, log_1ma - log_z)
@@ -123,7 +125,7 @@ class Absorbing(KeepTransition):
         at_m = torch.logaddexp(log_a + lp_m, log_1ma)
         off = log_1mr + log_a  # weight of p~_j, j != m
         log_z = torch.logaddexp(at_m, off + _log1m_prob(lp_m))
-        shift = torch.where(masked, off - log_z, _NEG_INF)
+        shift = torch.where(masked, off - log_z, NEG_INF)
         out = log_x0 + shift.unsqueeze(-1)  # a fresh tensor: the scatter may be in place
         idx = torch.where(masked, m, x_t).unsqueeze(-1)
         return out.scatter_(-1, idx, torch.where(masked, at_m - log_z, 0.0).unsqueeze(-1))
@@ -151,8 +153,8 @@ class Absorbing(KeepTransition):
         at_m = torch.logaddexp(log_a + lp_m, log_1ma)
         log_zp = torch.logaddexp(at_m, from_x0 + _log1m_prob(lp_m))
         lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
-        kl = (_plogp_ratio(from_x0 - log_zq, from_x0 + lp_x0 - log_zp)
-              + _plogp_ratio(log_1ma - log_zq, at_m - log_zp))
+        kl = (plogp_ratio(from_x0 - log_zq, from_x0 + lp_x0 - log_zp)
+              + plogp_ratio(log_1ma - log_zq, at_m - log_zp))
         kl = torch.where(x_0 == m, log_zp - at_m, kl)  # the posterior is a point mass on m
         return torch.where(x_t == m, kl, torch.zeros((), dtype=dtype, device=kl.device))
 

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from discrete_diffusion.transitions._common import check_mask_index, check_num_classes
 from discrete_diffusion.transitions.base import Transition
 
 __all__ = ["Autoregressive"]
@@ -43,11 +44,8 @@ class Autoregressive(Transition):
     """
 
     def __init__(self, num_classes: int, mask_index: int, seq_len: int) -> None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if not isinstance(mask_index, int) or not 0 <= mask_index < num_classes:
-            raise ValueError(f"mask_index must be an integer in 0..{num_classes - 1}, got "
-                             f"{mask_index!r}")
+        check_num_classes(num_classes)
+        check_mask_index(mask_index, num_classes)
         if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
         self.num_classes = num_classes

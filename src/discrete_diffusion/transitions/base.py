@@ -11,9 +11,11 @@ every other method needs that binding. Tables are built in float64; methods retu
 probabilities in the dtype of their floating input (float32 unless given float64), computed in
 log space where a closed form allows. Zero probabilities are -inf, never NaN.
 
-Optional fused operations (`sample_cumulative`, `log_q_posterior`, `log_p_posterior`,
-`posterior_kl`) may be defined by a subclass for speed; `D3PM` looks them up once and falls
-back to the generic path built on the methods below (see `process.py`).
+Optional fused operations (`FUSED_OPERATIONS`: `sample_cumulative`, `log_q_posterior`,
+`log_p_posterior`, `posterior_kl`) may be defined by a subclass for speed. Each must equal the
+generic path that `D3PM` composes from the methods below (see `process.py`). A transition has
+no fallback of its own: `preferred_fused_operations` says which of its fused operations pay
+off at its K, and `D3PM(..., fused=None)` follows it (`fused=True` / `False` overrides it).
 
 Shapes: `t` arguments are LongTensors of shape [B] (one time per example) where x has shape
 [B, ...]; `D3PM` normalises ints to that form before calling a transition.
@@ -22,9 +24,12 @@ Shapes: `t` arguments are LongTensors of shape [B] (one time per example) where 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
+
+FUSED_OPERATIONS = ("sample_cumulative", "log_q_posterior", "log_p_posterior", "posterior_kl")
 
 
 class Transition(ABC):
@@ -95,6 +100,30 @@ class Transition(ABC):
             float32 [B, ..., K].
         """
 
+    # ----- optional fused operations -------------------------------------------------------
+    @property
+    def fused_operations(self) -> frozenset[str]:
+        """The names in `FUSED_OPERATIONS` this transition defines."""
+        return frozenset(name for name in FUSED_OPERATIONS if callable(getattr(self, name, None)))
+
+    @property
+    def preferred_fused_operations(self) -> frozenset[str]:
+        """The fused operations worth using at this transition's K: all of them unless a
+        subclass knows that the generic path is faster for some (`D3PM(fused=None)`)."""
+        return self.fused_operations
+
+    def select_fused(self, fused: bool | None) -> frozenset[str]:
+        """The fused operations `D3PM(..., fused=fused)` uses: None, the preferred ones; True,
+        all defined (an error if there are none); False, none (the generic path)."""
+        if fused is None:
+            return self.preferred_fused_operations
+        if not isinstance(fused, bool):
+            raise ValueError(f"fused must be None, True or False, got {fused!r}")
+        if fused and not self.fused_operations:
+            raise ValueError(f"{type(self).__name__} defines no fused operations; use "
+                             f"fused=None or False")
+        return self.fused_operations if fused else frozenset()
+
     # ----- serialisation --------------------------------------------------------------------
     @abstractmethod
     def config(self) -> dict:
@@ -106,23 +135,12 @@ class Transition(ABC):
         return sum(_nbytes(v) for v in vars(self).values())
 
     def to(self, device: torch.device | str) -> Transition:
-        """Move precomputed tables to `device` (default: no tables, nothing to move)."""
+        """Move every tensor attribute (also inside lists, tuples and dicts, as `table_bytes`
+        counts them) to `device`; returns self. Tables are attributes, so subclasses need no
+        override."""
+        for name, value in list(vars(self).items()):
+            setattr(self, name, _moved(value, device))
         return self
-
-
-def check_schedule(betas: Tensor) -> Tensor:
-    """betas as float64 [T]: 1-D, length >= 1, finite, >= 0.
-
-    Only the sign is checked here: whether a beta is a probability in [0, 1] (Uniform,
-    Absorbing, MaskUniform), a rate (NearestNeighbor, Dense with a rate matrix) or a variance
-    (DiscretizedGaussian) is each transition's to check in `setup`.
-    """
-    if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
-        raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
-    betas = betas.detach().to(torch.float64)
-    if not bool(torch.isfinite(betas).all()) or bool((betas < 0).any()):
-        raise ValueError("betas must be finite and >= 0")
-    return betas
 
 
 def _nbytes(value: object) -> int:
@@ -133,3 +151,13 @@ def _nbytes(value: object) -> int:
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
     return 0
+
+
+def _moved(value: Any, device: torch.device | str) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):  # OrderedDict too: the order (an LRU cache's) is kept
+        return type(value)((k, _moved(v, device)) for k, v in value.items())
+    return value

@@ -3,10 +3,11 @@
 `DenseTransition` is the generic dense implementation of every structured operation, for any
 process whose one-step matrices can be written down: a subclass only implements
 `_one_step_matrices(betas) -> float64 [T, K, K]` (and `config`, and `__init__` setting
-`num_classes`), and inherits the float64 tables, spans, log-space gathers and `to(device)`.
-`Dense` is the subclass for matrices given by the user; a discretized-Gaussian process is another.
+`num_classes`), and inherits the float64 tables, spans and log-space gathers. `Dense` is the
+subclass for matrices given by the user. (`DiscretizedGaussian` is not one: it stores Q_t as a
+banded profile and its own LRU span cache, see `gaussian.py`.)
 
-Tables (tensor attributes, counted by `table_bytes`):
+Tables (tensor attributes: counted by `table_bytes`, moved by `to`):
     one_step   float64 [T, K, K]     Q_1..Q_T
     cumulative float64 [T+1, K, K]   Qbar_0 = I, Qbar_t = Qbar_{t-1} Q_t (sequential float64)
     spans      dict (s, t) -> float64 [K, K], Q_{s->t} = Q_{s+1}...Q_t built on demand, cached
@@ -18,8 +19,15 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import log_matmul_exp
-from discrete_diffusion.transitions.base import Transition, check_schedule
-from discrete_diffusion.transitions.uniform import _check_int
+from discrete_diffusion.transitions._common import (
+    check_betas,
+    check_int,
+    check_num_classes,
+    per_example,
+)
+from discrete_diffusion.transitions.base import Transition
+
+__all__ = ["Dense", "DenseTransition", "check_stochastic"]
 
 _ROW_TOL = 1e-6
 
@@ -52,8 +60,7 @@ class DenseTransition(Transition):
     num_classes: int
 
     def __init__(self, num_classes: int) -> None:
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.betas: Tensor | None = None
         self.one_step: Tensor | None = None
@@ -66,7 +73,7 @@ class DenseTransition(Transition):
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
-        betas = check_schedule(betas)  # probabilities, or rates for Dense(rate=...)
+        betas = check_betas(betas)  # probabilities, or rates for Dense(rate=...)
         mats = check_stochastic(self._one_step_matrices(betas), f"{type(self).__name__} Q_t")
         k = self.num_classes
         if mats.shape != (betas.shape[0], k, k):
@@ -84,27 +91,19 @@ class DenseTransition(Transition):
             raise RuntimeError(f"{type(self).__name__} is not set up: call setup(betas) first")
         return self.one_step.shape[0]
 
-    def to(self, device: torch.device | str) -> DenseTransition:
-        for name in ("betas", "one_step", "cumulative"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        self.spans = {key: value.to(device) for key, value in self.spans.items()}
-        return self
-
     # ----- dense views ----------------------------------------------------------------------
     def transition_matrix(self, t: int) -> Tensor:
-        _check_int(t, 1, self.num_steps)
+        check_int(t, 1, self.num_steps)
         return self.one_step[t - 1].clone()
 
     def cumulative_matrix(self, t: int) -> Tensor:
-        _check_int(t, 0, self.num_steps)
+        check_int(t, 0, self.num_steps)
         return self.cumulative[t].clone()
 
     def span_matrix(self, s: int, t: int) -> Tensor:
         """Q_{s->t} = Q_{s+1} ... Q_t, float64 [K, K], 0 <= s < t <= T (cached by (s, t))."""
-        _check_int(t, 1, self.num_steps)
-        _check_int(s, 0, t - 1)
+        check_int(t, 1, self.num_steps)
+        check_int(s, 0, t - 1)
         if s == t - 1:
             return self.one_step[s]
         if s == 0:
@@ -128,7 +127,7 @@ class DenseTransition(Transition):
     # ----- structured operations ------------------------------------------------------------
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
         dev = self.cumulative.device
-        rows = self.cumulative[_per_example(t.to(dev), x_0), x_0.to(dev)]
+        rows = self.cumulative[per_example(t.to(dev), x_0.dim()), x_0.to(dev)]
         return rows.log().to(device=x_0.device, dtype=torch.float32)
 
     def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
@@ -142,13 +141,8 @@ class DenseTransition(Transition):
         unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
         spans = [self.span_matrix(int(a), int(b)).transpose(0, 1) for a, b in unique.tolist()]
         stacked = torch.stack(spans)  # [U, K, K], row j of entry u = column j of the span
-        cols = stacked[_per_example(inverse, x_t), x_t.to(stacked.device)]
+        cols = stacked[per_example(inverse, x_t.dim()), x_t.to(stacked.device)]
         return cols.log().to(device=x_t.device, dtype=torch.float32)
-
-
-def _per_example(idx: Tensor, x: Tensor) -> Tensor:
-    """Reshape [B] indices to broadcast against x [B, ...] in advanced indexing."""
-    return idx.view(-1, *([1] * (x.dim() - 1)))
 
 
 class Dense(DenseTransition):

@@ -28,6 +28,12 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import log_matmul_exp
+from discrete_diffusion.transitions._common import (
+    check_betas,
+    check_int,
+    check_num_classes,
+    per_example,
+)
 from discrete_diffusion.transitions.base import Transition
 
 __all__ = ["DiscretizedGaussian", "gaussian_profile"]
@@ -76,8 +82,7 @@ class DiscretizedGaussian(Transition):
     def __init__(
         self, num_classes: int, bands: int | None = None, span_cache_size: int = 256
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        check_num_classes(num_classes)
         if bands is None:
             bands = num_classes - 1
         if not isinstance(bands, int) or not 1 <= bands <= num_classes - 1:
@@ -93,7 +98,7 @@ class DiscretizedGaussian(Transition):
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
-        betas = _check_variances(betas)
+        betas = check_betas(betas, "variance").cpu()  # any value > 0, above 1 too
         self.betas = betas
         self.profile = gaussian_profile(betas, self.num_classes, self.bands)
         self.diag = diagonals(self.profile, self.num_classes)
@@ -114,14 +119,6 @@ class DiscretizedGaussian(Transition):
             raise RuntimeError("DiscretizedGaussian is not set up: call setup(betas) first")
         return self.betas.shape[0]
 
-    def to(self, device: torch.device | str) -> DiscretizedGaussian:
-        for name in ("betas", "profile", "diag", "cumulative"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        self.spans = OrderedDict((key, v.to(device)) for key, v in self.spans.items())
-        return self
-
     def config(self) -> dict:
         return {"num_classes": self.num_classes, "bands": self.bands}
 
@@ -137,11 +134,11 @@ class DiscretizedGaussian(Transition):
         return mat
 
     def transition_matrix(self, t: int) -> Tensor:
-        _check_int(t, 1, self.num_steps)
+        check_int(t, 1, self.num_steps)
         return self._dense_step(t).cpu()
 
     def cumulative_matrix(self, t: int) -> Tensor:
-        _check_int(t, 0, self.num_steps)
+        check_int(t, 0, self.num_steps)
         return self.cumulative[t].cpu().clone()
 
     def stationary(self) -> Tensor:
@@ -151,7 +148,7 @@ class DiscretizedGaussian(Transition):
     def log_cumulative(self, x_0: Tensor, t: Tensor) -> Tensor:
         """Rows Qbar_t[x_0, :], gathered and logged in float64, float32 [B, ..., K]."""
         self.num_steps  # noqa: B018 (clear error when not set up)
-        tt = _broadcast_time(t.to(self.cumulative.device), x_0)
+        tt = per_example(t.to(self.cumulative.device), x_0.dim()).expand(x_0.shape)
         rows = self.cumulative[tt, x_0.to(tt.device)]
         return rows.log().to(torch.float32).to(x_0.device)
 
@@ -183,7 +180,7 @@ class DiscretizedGaussian(Transition):
     def _log_step_column(self, x_t: Tensor, t: Tensor) -> Tensor:
         dev = self.profile.device
         k = self.num_classes
-        tt = _broadcast_time(t.to(dev), x_t).unsqueeze(-1)  # [B, ..., 1]
+        tt = per_example(t.to(dev), x_t.dim()).expand(x_t.shape).unsqueeze(-1)  # [B, ..., 1]
         xt = x_t.to(dev).unsqueeze(-1)
         gap = (torch.arange(k, device=dev) - xt).abs()  # [B, ..., K]
         padded = torch.cat([self.profile, self.profile.new_zeros(self.num_steps, 1)], dim=1)
@@ -204,24 +201,4 @@ class DiscretizedGaussian(Transition):
         while len(self.spans) > self.span_cache_size:
             self.spans.popitem(last=False)
         return span
-
-
-def _broadcast_time(t: Tensor, x: Tensor) -> Tensor:
-    """t [B] expanded to the shape of x [B, ...]."""
-    return t.view(-1, *([1] * (x.dim() - 1))).expand(x.shape)
-
-
-def _check_variances(betas: Tensor) -> Tensor:
-    """beta_t is a variance here: any finite positive value (above 1 too) is valid."""
-    if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
-        raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
-    betas = betas.detach().to(torch.float64).cpu()
-    if not bool(torch.isfinite(betas).all()) or betas.min() <= 0:
-        raise ValueError("the discretized Gaussian needs finite beta_t > 0 for every t")
-    return betas
-
-
-def _check_int(t: int, low: int, high: int) -> None:
-    if not isinstance(t, int) or isinstance(t, bool) or not low <= t <= high:
-        raise ValueError(f"t must be an integer in {low}..{high}, got {t!r}")
 

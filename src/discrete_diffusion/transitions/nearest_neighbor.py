@@ -31,6 +31,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from discrete_diffusion.transitions._common import check_betas, check_int
 from discrete_diffusion.transitions.base import Transition
 
 __all__ = ["NearestNeighbor", "knn_graph", "rate_matrix"]
@@ -124,11 +125,7 @@ class NearestNeighbor(Transition):
 
     # ----- binding --------------------------------------------------------------------------
     def setup(self, betas: Tensor) -> None:
-        if not isinstance(betas, Tensor) or betas.dim() != 1 or betas.numel() < 1:
-            raise ValueError("betas must be a 1-D tensor of length T >= 1 (beta_1..beta_T)")
-        betas = betas.detach().to(torch.float64)
-        if not bool(torch.isfinite(betas).all()) or betas.min() < 0:
-            raise ValueError("nearest-neighbour betas are rates: they must be finite and >= 0")
+        betas = check_betas(betas, "rate")
         self.betas = betas.to(self.eigenvalues.device)
         self.exponents = torch.cat([betas.new_zeros(1), betas.cumsum(0)]).to(self.betas.device)
 
@@ -137,13 +134,6 @@ class NearestNeighbor(Transition):
         if self.betas is None:
             raise RuntimeError("NearestNeighbor is not set up: call setup(betas) first")
         return self.betas.shape[0]
-
-    def to(self, device: torch.device | str) -> NearestNeighbor:
-        for name in ("eigenvalues", "eigenvectors", "betas", "exponents"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        return self
 
     def config(self) -> dict:
         return {"k": self.k, "num_classes": self.num_classes}
@@ -157,11 +147,11 @@ class NearestNeighbor(Transition):
         return _clean_rows(scaled @ vecs.T)
 
     def transition_matrix(self, t: int) -> Tensor:
-        _check_int(t, 1, self.num_steps)
+        check_int(t, 1, self.num_steps)
         return self.matrix_at(float(self.betas[t - 1])).cpu()
 
     def cumulative_matrix(self, t: int) -> Tensor:
-        _check_int(t, 0, self.num_steps)
+        check_int(t, 0, self.num_steps)
         return self.matrix_at(float(self.exponents[t])).cpu()
 
     def stationary(self) -> Tensor:
@@ -231,7 +221,3 @@ def _clean_rows(rows: Tensor) -> Tensor:
     rows = _drop_round_off(rows)
     return rows / rows.sum(-1, keepdim=True)
 
-
-def _check_int(t: int, low: int, high: int) -> None:
-    if not isinstance(t, int) or isinstance(t, bool) or not low <= t <= high:
-        raise ValueError(f"t must be an integer in {low}..{high}, got {t!r}")
