@@ -11,7 +11,7 @@ import torch
 from discrete_diffusion.cli.main import main
 from discrete_diffusion.data import lm1b
 from discrete_diffusion.data.base import codec_from_dir
-from discrete_diffusion.data.lm1b import Config, SentencePieceCodec, _processor, build, pack
+from discrete_diffusion.data.lm1b import Config, SentencePieceCodec, build, load_processor, pack
 
 VOCAB, SEQ = 60, 16
 WORDS = "the cat dog sat on mat a big small red blue house ran to and quickly".split()
@@ -42,14 +42,14 @@ def spm_model(sentence_file, tmp_path_factory):
 
 
 def test_trained_model_has_the_vocabulary(spm_model) -> None:
-    sp = _processor(spm_model)
+    sp = load_processor(spm_model)
     assert spm_model.suffix == ".model"
     assert sp.get_piece_size() == VOCAB and sp.bos_id() == 1 and sp.eos_id() == 2
     assert sp.decode(sp.encode("the red cat sat.")) == "the red cat sat."
 
 
 def test_pack_is_one_stream_cut_into_rows(spm_model) -> None:
-    sp = _processor(spm_model)
+    sp = load_processor(spm_model)
     sents = _sentences(30, seed=3)
     rows = pack(sents, sp, SEQ, np.dtype(np.uint16))
     stream = [t for s in sents for t in [1, *sp.encode(s), 2]]
@@ -62,7 +62,7 @@ def test_source_splits_rows_and_info(sentence_file, spm_model) -> None:
     src = build(Config(spm_model=str(spm_model), seq_len=SEQ, embedding_dim=4),
                 str(sentence_file))
     assert src.num_classes == VOCAB and src.unit == "token" and src.example_shape == (SEQ,)
-    sp = _processor(spm_model)
+    sp = load_processor(spm_model)
     sents = lm1b.read_sentences(sentence_file)
     expected = pack(sents[: int(round(0.9 * len(sents)))], sp, SEQ, np.dtype(np.uint8))
     np.testing.assert_array_equal(np.asarray(src.split("train")), expected)
@@ -133,4 +133,4 @@ def test_cli_spm(tmp_path, sentence_file) -> None:
     out = tmp_path / "m"
     assert main(["data", "spm", "--input", str(sentence_file), "--vocab-size", "50",
                  "--out", str(out)]) == 0
-    assert _processor(tmp_path / "m.model").get_piece_size() == 50
+    assert load_processor(tmp_path / "m.model").get_piece_size() == 50

@@ -37,7 +37,8 @@ _PREP_VERSION = 1
 
 
 # ----- SentencePiece ---------------------------------------------------------------------------
-def _processor(model_path: str | Path):
+def load_processor(model_path: str | Path):
+    """A SentencePiece processor for the model file at `model_path` (one-line error if missing)."""
     import sentencepiece as spm
 
     path = Path(model_path)
@@ -98,7 +99,7 @@ class SentencePieceCodec(Codec):
 
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = Path(model_path)
-        self.sp = _processor(self.model_path)
+        self.sp = load_processor(self.model_path)
         self.vocab_size = int(self.sp.get_piece_size())
 
     def encode(self, text: str) -> Tensor:
@@ -252,7 +253,7 @@ def prepare(data: str, cfg: Config) -> tuple[dict[str, np.ndarray], Path]:
     sources_with_model = [*sources, model]
 
     def build() -> dict[str, np.ndarray]:
-        return _build_arrays(load_sentences(), _processor(model), cfg)
+        return _build_arrays(load_sentences(), load_processor(model), cfg)
 
     return cached_arrays("lm1b", sources_with_model, params, build), model
 
