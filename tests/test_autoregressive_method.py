@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from discrete_diffusion.categorical import gumbel_max
 from discrete_diffusion.data.base import DataInfo
 from discrete_diffusion.methods import autoregressive
 from discrete_diffusion.methods.autoregressive import AutoregressiveMethod
@@ -68,6 +69,21 @@ def test_sampling_frequencies_match_the_model() -> None:
     assert samples.shape == (4000, 2) and samples.max() < 2  # BOS is never drawn
     freq = torch.stack([(samples == x).all(-1).double().mean() for x in xs])
     assert torch.all((freq - probs).abs() < 4 * torch.sqrt(probs * (1 - probs) / 4000) + 1e-3)
+
+
+def test_sampling_draws_from_the_generator() -> None:
+    """With a CPU generator: one Gumbel-max draw per position, left to right, seeded."""
+    method, model = _setup(k_data=3, length=4)
+    a = method.sample(model, 6, generator=torch.Generator().manual_seed(4))
+    b = method.sample(model, 6, generator=torch.Generator().manual_seed(4))
+    c = method.sample(model, 6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gen, x = torch.Generator().manual_seed(4), torch.full((6, 4), method.bos)
+    with torch.no_grad():
+        for i in range(4):
+            logp = method.log_probs(model, method.shift_right(x)[:, : i + 1])[:, i].double()
+            x[:, i] = gumbel_max(logp, gen)
+    assert torch.equal(x, a)
 
 
 def test_fixed_positions_and_trajectory() -> None:

@@ -11,7 +11,7 @@ Choices, stated once:
     * Every loss is in nats, per example, summed over all positions of the example.
     * All categorical maths is in log space; zero probabilities are -inf, never NaN.
     * Random draws (times, x_t, samples) take an optional torch.Generator; sampling uses
-      Gumbel-max with float64 noise.
+      Gumbel-max with float64 noise. The sampling loop and its step rules are in `sampling`.
 
 Optional fused operations. A transition may define any of these methods; each must equal the
 generic path, which `D3PM` composes from the `Transition` operations (tests compare the two on
@@ -36,6 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from discrete_diffusion import checks, sampling, times
 from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max
 from discrete_diffusion.transitions._common import check_betas, per_example
 from discrete_diffusion.transitions.base import Transition
@@ -43,7 +44,6 @@ from discrete_diffusion.transitions.base import Transition
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int, int], None]
 LOSSES = ("hybrid", "vb", "ce")
-TIME_SAMPLING = ("uniform", "stratified")
 
 
 class D3PM:
@@ -110,38 +110,23 @@ class D3PM:
         return self
 
     def timestep_grid(self, step_size: int = 1, steps: int | None = None) -> list[int]:
-        """The times visited by `nll_bound` and `sample`: 0 = t_0 < t_1 < ... < t_S = T.
-
-        Args:
-            step_size: k, dividing T: the grid 0, k, 2k, ..., T.
-            steps: S in 1..T (instead of step_size): S evenly spaced rounded times,
-                t_i = round(i T / S), strictly increasing since T / S >= 1.
-        """
-        T = self.num_steps
-        if steps is not None:
-            if step_size != 1:
-                raise ValueError("give either step_size or steps, not both")
-            if not _is_int(steps) or not 1 <= steps <= T:
-                raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
-            return [(2 * i * T + steps) // (2 * steps) for i in range(steps + 1)]
-        if not _is_int(step_size) or step_size < 1 or T % step_size != 0:
-            raise ValueError(f"step_size must be a positive integer dividing T = {T}, "
-                             f"got {step_size!r}")
-        return list(range(0, T + 1, step_size))
+        """The times visited by `nll_bound` and `sample`, 0 = t_0 < ... < t_S = T: multiples
+        of `step_size` or `steps` evenly spaced times (see `times.timestep_grid`)."""
+        return times.timestep_grid(self.num_steps, step_size, steps)
 
     # ----- forward process ------------------------------------------------------------------
     def q_probs(self, x_0: Tensor, t: int | Tensor) -> Tensor:
         """q(x_t | x_0) = Cat(x_0 Qbar_t), float32 [B, ..., K]; t in 0..T."""
-        x_0 = self._check_x(x_0, "x_0")
-        t = self._times(t, x_0, low=0)
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes)
+        t = checks.check_times(t, x_0, self.num_steps, low=0)
         return self.transition.log_cumulative(x_0, t).exp()
 
     def q_sample(
         self, x_0: Tensor, t: int | Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """x_t ~ q(x_t | x_0), LongTensor shaped like x_0; t in 0..T."""
-        x_0 = self._check_x(x_0, "x_0")
-        t = self._times(t, x_0, low=0)
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes)
+        t = checks.check_times(t, x_0, self.num_steps, low=0)
         return self._q_sample(x_0, t, generator)
 
     def _q_sample(self, x_0: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -171,13 +156,13 @@ class D3PM:
         Returns:
             float [B, ..., K].
         """
-        x_t = self._check_x(x_t, "x_t")
-        s, t = self._span(x_t, t, step_size, s)
+        x_t = checks.check_states(x_t, "x_t", self.num_classes)
+        s, t = checks.check_span(x_t, t, step_size, s, self.num_steps)
         if torch.is_floating_point(x_0):
-            log_x0 = self._check_probs(x_0, x_t).log()
+            log_x0 = checks.check_probs(x_0, x_t, self.num_classes).log()
             log_cum = self.transition.log_cumulative_soft(log_x0, s)
         else:
-            x_0 = self._check_x(x_0, "x_0", like=x_t)
+            x_0 = checks.check_states(x_0, "x_0", self.num_classes, like=x_t)
             return self._q_logits(x_0, x_t, s, t)
         return self._posterior(log_cum, x_t, s, t)
 
@@ -204,15 +189,23 @@ class D3PM:
         Returns:
             float [B, ..., K].
         """
-        x_t = self._check_x(x_t, "x_t")
-        s, t = self._span(x_t, t, step_size, s)
-        self._check_logits(x0_logits, x_t)
-        return self._p_logits(x0_logits.log_softmax(-1), x_t, s, t)
+        x_t = checks.check_states(x_t, "x_t", self.num_classes)
+        s, t = checks.check_span(x_t, t, step_size, s, self.num_steps)
+        checks.check_logits(x0_logits, x_t, self.num_classes)
+        return self.log_p_posterior(x0_logits.log_softmax(-1), x_t, s, t)
 
-    def _p_logits(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def log_p_posterior(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """`p_logits` for step rules, unchecked and without a device sync: normalised
+        log p~(x_0 | x_t) float [B, ..., K], x_t LongTensor [B, ...], s < t LongTensors [B]."""
         if self._log_p_posterior is not None:
             return self._log_p_posterior(log_x0, x_t, s, t)
         return self._posterior(self.transition.log_cumulative_soft(log_x0, s), x_t, s, t)
+
+    def denoise(self, denoiser: Denoiser, x_t: Tensor, t: Tensor) -> Tensor:
+        """Logits of p~(x_0 | x_t), float [B, ..., K], checked to be shaped x_t + K."""
+        logits = denoiser(x_t, t)
+        checks.check_logits(logits, x_t, self.num_classes)
+        return logits
 
     def _posterior(self, log_cum_s: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """Normalise log q(x_t | x_s) + log_cum_s over x_s."""
@@ -223,7 +216,7 @@ class D3PM:
         """L_T = KL(q(x_T | x_0) || p(x_T)) with p(x_T) the transition's stationary
         distribution, nats per example, float64 [B] (summed over positions; +inf if
         q(x_T | x_0) puts mass where the prior has none)."""
-        x_0 = self._check_x(x_0, "x_0")
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes)
         return self._prior_kl(x_0)
 
     def _prior_kl(self, x_0: Tensor) -> Tensor:
@@ -271,10 +264,10 @@ class D3PM:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if not isinstance(hybrid_lambda, (int, float)) or not hybrid_lambda >= 0:
             raise ValueError(f"hybrid_lambda must be a number >= 0, got {hybrid_lambda!r}")
-        x_0 = self._check_x(x_0, "x_0")
-        t = self._draw_times(x_0.shape[0], x_0.device, generator, time_sampling)
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes)
+        t = times.draw_times(self.num_steps, x_0.shape[0], x_0.device, generator, time_sampling)
         x_t = self._q_sample(x_0, t, generator)
-        log_x0 = self._denoise(denoiser, x_t, t).log_softmax(-1)
+        log_x0 = self.denoise(denoiser, x_t, t).log_softmax(-1)
         vb = _sum_positions(self._vb_term(log_x0, x_0, x_t, t - 1, t))
         ce = _sum_positions(cross_entropy(log_x0, x_0))
         out = {"vb": vb, "ce": ce, "t": t}
@@ -301,10 +294,10 @@ class D3PM:
             x_0, x_t: LongTensor [B, ...].
             t, step_size, s: as in `q_posterior_logits`.
         """
-        x_t = self._check_x(x_t, "x_t")
-        x_0 = self._check_x(x_0, "x_0", like=x_t)
-        s, t = self._span(x_t, t, step_size, s)
-        self._check_logits(x0_logits, x_t)
+        x_t = checks.check_states(x_t, "x_t", self.num_classes)
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes, like=x_t)
+        s, t = checks.check_span(x_t, t, step_size, s, self.num_steps)
+        checks.check_logits(x0_logits, x_t, self.num_classes)
         return self._vb_term(x0_logits.log_softmax(-1), x_0, x_t, s, t)
 
     def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
@@ -312,25 +305,12 @@ class D3PM:
         s = 0 (the posterior is then a point mass on x_0 and the KL equals it anyway)."""
         if self._posterior_kl is not None:
             return self._posterior_kl(x_0, x_t, log_x0, s, t)
-        log_p = self._p_logits(log_x0, x_t, s, t)
+        log_p = self.log_p_posterior(log_x0, x_t, s, t)
         decoder = cross_entropy(log_p, x_0)
         if bool((s == 0).all()):
             return decoder
         kl = categorical_kl(self._q_logits(x_0, x_t, s, t), log_p)
         return torch.where(per_example(s == 0, kl.dim()), decoder, kl)
-
-    def _draw_times(
-        self, batch: int, device: torch.device, generator: torch.Generator | None, how: str
-    ) -> Tensor:
-        T = self.num_steps
-        if how == "uniform":
-            return torch.randint(1, T + 1, (batch,), device=device, generator=generator)
-        if how != "stratified":
-            raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {how!r}")
-        u = torch.rand((), dtype=torch.float64, device=device, generator=generator)
-        grid = (torch.arange(batch, dtype=torch.float64, device=device) + u) / batch
-        t = (grid * T).long().clamp(max=T - 1) + 1
-        return t[torch.randperm(batch, device=device, generator=generator)]
 
     # ----- the bound ------------------------------------------------------------------------
     @torch.no_grad()
@@ -357,7 +337,7 @@ class D3PM:
             progress: optional callable(done, total) after each step.
             return_terms: return {"prior", "diffusion", "decoder", "total"} instead.
         """
-        x_0 = self._check_x(x_0, "x_0")
+        x_0 = checks.check_states(x_0, "x_0", self.num_classes)
         grid = self.timestep_grid(step_size, steps)
         prior = self._prior_kl(x_0)
         diffusion = torch.zeros_like(prior)
@@ -366,7 +346,7 @@ class D3PM:
         for done, (s_int, t_int) in enumerate(pairs, start=1):
             s, t = (torch.full_like(prior, v, dtype=torch.long) for v in (s_int, t_int))
             x_t = self._q_sample(x_0, t, generator)
-            log_x0 = self._denoise(denoiser, x_t, t).log_softmax(-1)
+            log_x0 = self.denoise(denoiser, x_t, t).log_softmax(-1)
             term = _sum_positions(self._vb_term(log_x0, x_0, x_t, s, t)).double()
             if s_int == 0:
                 decoder = term
@@ -384,7 +364,7 @@ class D3PM:
     def sample(
         self,
         denoiser: Denoiser,
-        shape: tuple[int, ...] | torch.Size,
+        shape: tuple[int, ...] | torch.Size | None = None,
         step_size: int = 1,
         generator: torch.Generator | None = None,
         fixed: tuple[Tensor, Tensor] | None = None,
@@ -393,168 +373,43 @@ class D3PM:
         steps: int | None = None,
         argmax_last: bool = False,
         device: torch.device | str | None = None,
+        start: tuple[int, Tensor] | None = None,
+        sampler: str = "ancestral",
     ) -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
-        """Ancestral sampling: x_T ~ p(x_T) (the stationary distribution), then
-        x_s ~ p(x_s | x_t), eq. (4), down the grid of `timestep_grid(step_size, steps)`.
-
-        The last step is a draw from p(x_0 | x_{t_1}) too (argmax with `argmax_last=True`).
+        """Sample x_0 down the grid of `timestep_grid(step_size, steps)`, from x_T ~ p(x_T)
+        (the stationary distribution) or from a given state `start` = (t, x_t) over the grid
+        points below t. Each step is the rule `sampler` of `sampling.STEP_RULES`:
+        "ancestral" draws x_s ~ p(x_s | x_t), eq. (4), the step to 0 included (argmax there
+        with `argmax_last=True`). The loop is `sampling.run_chain`.
 
         Args:
-            shape: [B, ...], the shape of x_0.
+            shape: [B, ...], the shape of x_0 (may be omitted with `start`).
             fixed: optional (mask, values), bool [*shape] and LongTensor [*shape]: positions
                 where mask is True hold `values` throughout, and the denoiser sees them
                 (infilling, reconstructing corrupted examples).
-            return_trajectory: also return [(t, x_t)] for every visited t, T first, 0 last.
+            return_trajectory: also return [(t, x_t)] for every visited t, first to 0.
             progress: optional callable(done, total) after each step.
-            device: where to sample (default: the device of `fixed`, else of `generator`,
-                else CPU).
+            device: where to sample (default: the device of start's x_t, else of `fixed`,
+                else of `generator`, else CPU).
+            start: (t, x_t), t an int in 0..T and x_t LongTensor [*shape]: the initial state.
         Returns:
             LongTensor [*shape], or (x_0, trajectory).
         """
-        shape = _check_shape(shape)
+        step = sampling.step_rule(sampler)
         grid = self.timestep_grid(step_size, steps)
-        device = _sample_device(device, fixed, generator)
-        hold = self._check_fixed(fixed, shape, device)
-        log_pi = self.transition.stationary().to(device).log()
-        x = self._hold(gumbel_max(log_pi.expand(*shape, -1), generator), hold)
-        trajectory = [(grid[-1], x)]
-        pairs = list(zip(grid[:-1], grid[1:]))[::-1]
-        for done, (s_int, t_int) in enumerate(pairs, start=1):
-            s, t = (torch.full((shape[0],), v, dtype=torch.long, device=device)
-                    for v in (s_int, t_int))
-            log_x0 = self._denoise(denoiser, x, t).log_softmax(-1)
-            log_p = self._p_logits(log_x0, x, s, t)
-            last_argmax = argmax_last and s_int == 0
-            x = log_p.argmax(-1) if last_argmax else gumbel_max(log_p, generator)
-            x = self._hold(x, hold)
-            trajectory.append((s_int, x))
-            if progress is not None:
-                progress(done, len(pairs))
-        return (x, trajectory) if return_trajectory else x
-
-    @staticmethod
-    def _hold(x: Tensor, hold: tuple[Tensor, Tensor] | None) -> Tensor:
-        return x if hold is None else torch.where(hold[0], hold[1], x)
-
-    # ----- validation -----------------------------------------------------------------------
-    def _check_x(self, x: Tensor, name: str, like: Tensor | None = None) -> Tensor:
-        if not isinstance(x, Tensor) or x.dtype in (torch.bool,) or x.is_floating_point() \
-                or x.is_complex():
-            raise ValueError(f"{name} must be an integer tensor [B, ...]")
-        if x.dim() < 1:
-            raise ValueError(f"{name} must have a batch dimension, got a scalar")
-        if like is not None and x.shape != like.shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {tuple(like.shape)}")
-        low, high = _min_max(x)
-        if low < 0 or high >= self.num_classes:
-            raise ValueError(f"{name} values must lie in [0, {self.num_classes}), got "
-                             f"[{low}, {high}]")
-        return x.long()
-
-    def _times(self, t: int | Tensor, x: Tensor, low: int = 1) -> Tensor:
-        """t as a LongTensor [B] on the device of x, checked to lie in low..T."""
-        T, batch = self.num_steps, x.shape[0]
-        if _is_int(t):
-            if not low <= t <= T:
-                raise ValueError(f"t must lie in {low}..{T}, got {t}")
-            return torch.full((batch,), int(t), dtype=torch.long, device=x.device)
-        if not isinstance(t, Tensor) or t.is_floating_point() or t.dtype == torch.bool:
-            raise ValueError(f"t must be an int or an integer tensor [B], got {type(t).__name__}")
-        if t.dim() == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must have shape [{batch}], got {tuple(t.shape)}")
-        t_min, t_max = _min_max(t)
-        if t_min < low or t_max > T:
-            raise ValueError(f"t must lie in {low}..{T}, got [{t_min}, {t_max}]")
-        return t.long().to(x.device)
-
-    def _span(
-        self, x_t: Tensor, t: int | Tensor, step_size: int, s: int | Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """(s, t) as LongTensors [B] with 0 <= s < t <= T."""
-        t = self._times(t, x_t, low=1)
-        if s is None:
-            if not _is_int(step_size) or step_size < 1:
-                raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
-            s = t - step_size
+        device = sampling.sample_device(device, start, fixed, generator)
+        if start is None:
+            shape, x = checks.check_shape(shape), None
         else:
-            if step_size != 1:
-                raise ValueError("give either step_size or s, not both")
-            s = self._times(s, x_t, low=0)
-        if bool(((s < 0) | (s >= t)).any()):
-            raise ValueError("need 0 <= s < t (s = t - step_size) for every example")
-        return s, t
-
-    def _check_logits(self, logits: Tensor, x_t: Tensor) -> None:
-        expected = (*x_t.shape, self.num_classes)
-        if not isinstance(logits, Tensor) or not logits.is_floating_point():
-            raise ValueError("denoiser output must be a float tensor of logits [B, ..., K]")
-        if tuple(logits.shape) != expected:
-            raise ValueError(f"denoiser output has shape {tuple(logits.shape)}, expected "
-                             f"{expected} (x_t shape + K = {self.num_classes})")
-
-    def _check_probs(self, probs: Tensor, x_t: Tensor) -> Tensor:
-        self._check_logits(probs, x_t)
-        if bool((probs < 0).any()) or float((probs.sum(-1) - 1).abs().max()) > 1e-4:
-            raise ValueError("soft x_0 must hold probabilities [B, ..., K] summing to one")
-        return probs
-
-    def _denoise(self, denoiser: Denoiser, x_t: Tensor, t: Tensor) -> Tensor:
-        logits = denoiser(x_t, t)
-        self._check_logits(logits, x_t)
-        return logits
-
-    def _check_fixed(
-        self, fixed: tuple[Tensor, Tensor] | None, shape: tuple[int, ...], device: torch.device
-    ) -> tuple[Tensor, Tensor] | None:
-        if fixed is None:
-            return None
-        if not isinstance(fixed, (tuple, list)) or len(fixed) != 2:
-            raise ValueError("fixed must be a pair (bool mask, values)")
-        mask, values = fixed
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != shape:
-            raise ValueError(f"fixed mask must be a bool tensor of shape {shape}")
-        if not isinstance(values, Tensor) or values.shape != shape:
-            raise ValueError(f"fixed values must be a tensor of shape {shape}")
-        values = torch.where(mask, values, torch.zeros_like(values))
-        self._check_x(values, "fixed values")
-        return mask.to(device), values.long().to(device)
-
-
-def _min_max(x: Tensor) -> tuple[int, int]:
-    """Smallest and largest value of a non-empty integer tensor, with one device sync."""
-    if x.numel() == 0:
-        return 0, 0
-    low, high = torch.aminmax(x.reshape(-1))
-    return tuple(int(v) for v in torch.stack([low, high]).tolist())
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+            t, x = sampling.check_start(self, start, shape, device)
+            shape, grid = tuple(x.shape), [g for g in grid if g < t] + [t]
+        hold = checks.check_fixed(fixed, shape, self.num_classes, device)
+        if x is None:
+            x = sampling.prior_sample(self, shape, generator, device)
+        return sampling.run_chain(self, denoiser, x, grid, step, generator, hold, argmax_last,
+                                  progress, return_trajectory)
 
 
 def _sum_positions(x: Tensor) -> Tensor:
     """Sum a per-position tensor [B, ...] to per-example [B]."""
     return x.reshape(x.shape[0], -1).sum(-1)
-
-
-def _check_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
-    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 1 \
-            or not all(_is_int(n) and n >= 1 for n in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    return tuple(shape)
-
-
-def _sample_device(
-    device: torch.device | str | None,
-    fixed: tuple[Tensor, Tensor] | None,
-    generator: torch.Generator | None,
-) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if fixed is not None and isinstance(fixed[0], Tensor):
-        return fixed[0].device
-    if generator is not None:
-        return generator.device
-    return torch.device("cpu")

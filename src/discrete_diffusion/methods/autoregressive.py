@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from discrete_diffusion.categorical import gumbel_max
+
 
 @dataclass(frozen=True)
 class Config:
@@ -90,7 +92,7 @@ class AutoregressiveMethod:
         for i in range(length):
             inputs = self.shift_right(x)[:, : i + 1]
             logp = self.log_probs(model, inputs)[:, i].double()
-            x[:, i] = _gumbel_argmax(logp, generator)
+            x[:, i] = gumbel_max(logp, generator)
             if held is not None:
                 x[:, i] = torch.where(held[:, i], values[:, i], x[:, i])
             if trajectory:
@@ -112,13 +114,6 @@ def _expand_fixed(fixed, num: int, length: int, device) -> tuple[Tensor | None, 
     held = held.to(device=device, dtype=torch.bool).expand(num, length)
     values = values.to(device=device, dtype=torch.long).expand(num, length)
     return held, values
-
-
-def _gumbel_argmax(logp: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One categorical draw per row of float64 log-probabilities [B, K] (Gumbel-max)."""
-    u = torch.rand(logp.shape, dtype=torch.float64, generator=generator, device="cpu")
-    u = u.to(logp.device).clamp_(min=torch.finfo(torch.float64).tiny)
-    return (logp - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
 def build(cfg: Config, info) -> AutoregressiveMethod:

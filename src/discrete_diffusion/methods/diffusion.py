@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 import discrete_diffusion as dd
-from discrete_diffusion.categorical import gumbel_max
 from discrete_diffusion.data.base import DataInfo
 
 MASKED = ("absorbing", "mask_uniform")
@@ -292,7 +291,7 @@ class DiffusionMethod:
                generator: torch.Generator | None = None,
                fixed: tuple[Tensor, Tensor] | None = None, trajectory: bool = False,
                start: tuple[int, Tensor] | None = None):
-        """Ancestral samples [num, *example_shape] (see `Method.sample`).
+        """Ancestral samples [num, *example_shape] (see `Method.sample`), by `D3PM.sample`.
 
         Args:
             fixed: (bool mask, values), each [*example_shape] or [num, *example_shape]: held
@@ -306,30 +305,9 @@ class DiffusionMethod:
         device = _device(model)
         if fixed is not None:
             fixed = (fixed[0].to(device).expand(shape), fixed[1].to(device).expand(shape))
-        if start is None:
-            return self.process.sample(as_denoiser(model, self.excluded), shape,
-                                       generator=generator, fixed=fixed,
-                                       return_trajectory=trajectory, steps=steps, device=device)
-        return self._sample_from(model, start, steps, generator, fixed, trajectory)
-
-    def _sample_from(self, model, start, steps, generator, fixed, trajectory):
-        """x_s ~ p(x_s | x_t) (eq. 4) from (t, x_t) down the grid; Gumbel-max in float64."""
-        t, x_t = int(start[0]), start[1].to(_device(model))
-        if not 0 <= t <= self.num_steps:
-            raise ValueError(f"start step {t} outside 0..{self.num_steps}")
-        grid = [g for g in self.process.timestep_grid(steps=steps or self.num_steps) if g < t]
-        path = [(t, x_t)]
-        denoiser = as_denoiser(model, self.excluded)
-        for s in reversed(grid):
-            if fixed is not None:
-                x_t = torch.where(fixed[0], fixed[1], x_t)
-            times = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-            log_p = self.process.p_logits(denoiser(x_t, times), x_t, times, s=s)
-            x_t, t = gumbel_max(log_p, generator), s
-            path.append((t, x_t))
-        if fixed is not None:
-            x_t = torch.where(fixed[0], fixed[1], x_t)
-        return (x_t, path) if trajectory else x_t
+        return self.process.sample(as_denoiser(model, self.excluded), shape,
+                                   generator=generator, fixed=fixed, return_trajectory=trajectory,
+                                   steps=steps, device=device, start=start)
 
 
 def build(cfg: Config, info: DataInfo) -> DiffusionMethod:
