@@ -155,3 +155,156 @@ def test_sample_saves_an_npy_array(run, tmp_path, capsys):
     assert not list(out.parent.glob("*.tmp.npy"))
     assert error_of(capsys, ["sample", "--checkpoint", str(run_dir), "--save-npy",
                              str(tmp_path / "x.txt")]).count(".npy") == 1
+
+
+# ----- file system errors: one line naming the path, before the work --------------------------
+def blocked(tmp_path, *parts: str):
+    """A path below a regular file: unwritable for every user, root included (chmod is not)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder\n")
+    return str(blocker.joinpath(*parts))
+
+
+def forbid(monkeypatch, target: str, name: str) -> None:
+    """Make `target.name` fail the test if called: the check must come before that work."""
+    import importlib
+
+    module = importlib.import_module(target)
+
+    def too_late(*args, **kwargs):
+        raise AssertionError(f"{name} ran before the output location was checked")
+
+    monkeypatch.setattr(module, name, too_late)
+
+
+def test_unwritable_train_out_fails_before_training(run, tmp_path, capsys, monkeypatch):
+    _, config = run
+    forbid(monkeypatch, "discrete_diffusion.cli.train", "build_data")
+    out = blocked(tmp_path, "run")
+    err = error_of(capsys, ["train", "--config", str(config), "--out", out, "--no-progress"])
+    assert f"cannot write {out}" in err and "is not a folder" in err
+
+
+def test_unwritable_cache_is_one_line(tmp_path, capsys):
+    cache = blocked(tmp_path, "cache")
+    src = tmp_path / "in.txt"
+    src.write_text("some english text " * 10)
+    err = error_of(capsys, ["--cache", cache, "data", "text8", "--input", str(src),
+                            "--output", str(tmp_path / "out.txt")])
+    assert f"cannot write {cache}" in err
+
+
+def test_unwritable_eval_json_fails_before_the_evaluation(run, tmp_path, capsys, monkeypatch):
+    run_dir, _ = run
+    forbid(monkeypatch, "discrete_diffusion.evaluation.bound", "evaluate_bound")
+    out = blocked(tmp_path, "sub", "eval.json")
+    err = error_of(capsys, ["eval", "--checkpoint", str(run_dir), "--json", out])
+    assert f"cannot write {out}" in err
+    err = error_of(capsys, ["eval", "--checkpoint", str(run_dir), "--json", str(tmp_path)])
+    assert "it is a folder" in err
+
+
+def test_eval_json_and_sample_out_create_missing_folders(run, tmp_path):
+    run_dir, _ = run
+    out = tmp_path / "new" / "deeper" / "eval.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--max-examples", "2", "--steps", "2",
+                 "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["results"][0]["steps"] == 2
+    text = tmp_path / "new2" / "samples.txt"
+    assert main(["sample", "--checkpoint", str(run_dir), "--num", "2", "--steps", "2",
+                 "--out", str(text)]) == 0
+    assert len(text.read_text().splitlines()) == 2
+
+
+def test_unwritable_sample_outputs_fail_before_sampling(run, tmp_path, capsys, monkeypatch):
+    run_dir, _ = run
+    forbid(monkeypatch, "discrete_diffusion.training.builders", "load_trained")
+    for flag, name in (("--out", "s.txt"), ("--save-npy", "s.npy")):
+        out = blocked(tmp_path, "sub", name)
+        err = error_of(capsys, ["sample", "--checkpoint", str(run_dir), flag, out])
+        assert f"cannot write {out}" in err
+
+
+def test_unwritable_data_outputs(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("some english text " * 10)
+    out = blocked(tmp_path, "out.txt")
+    err = error_of(capsys, ["data", "text8", "--input", str(src), "--output", out])
+    assert f"cannot write {out}" in err
+    folder = blocked(tmp_path, "dl")
+    err = error_of(capsys, ["data", "download-text8", "--dir", folder])
+    assert f"cannot write {folder}" in err
+
+
+def test_unwritable_figure_outputs(tmp_path, capsys, monkeypatch):
+    forbid(monkeypatch, "discrete_diffusion.cli.figures", "_load_images")
+    out = blocked(tmp_path, "c.png")
+    err = error_of(capsys, ["figures", "corruption", "--data", "digits", "--out", out])
+    assert f"cannot write {out}" in err
+    out = blocked(tmp_path, "fid.json")
+    err = error_of(capsys, ["figures", "fid", "--samples", "x.npy", "--reference", "digits",
+                            "--out", out])
+    assert f"cannot write {out}" in err
+
+
+def test_unwritable_demo_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    forbid(monkeypatch, "discrete_diffusion.cli.demo", "run_process")
+    out = blocked(tmp_path, "roll")
+    err = error_of(capsys, ["demo", "swissroll", "--out", out])
+    assert f"cannot write {out}" in err
+
+
+def test_os_errors_during_the_work_name_the_path(tmp_path, capsys, monkeypatch):
+    """An OSError with a path (disk full, permission, read-only mount) is one line; one
+    without a path is a fault of the program and keeps its traceback."""
+    import errno
+
+    from discrete_diffusion.cli import data
+
+    src = tmp_path / "in.txt"
+    src.write_text("some english text " * 10)
+    argv = ["data", "text8", "--input", str(src), "--output", str(tmp_path / "o.txt")]
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/o.txt")
+
+    monkeypatch.setattr("discrete_diffusion.data.text_convert.convert_file", fail)
+    assert error_of(capsys, argv) == "d3pm: error: /mnt/ro/o.txt: Read-only file system\n"
+
+    def bug(*args, **kwargs):
+        raise OSError("no path here")
+
+    monkeypatch.setattr(data, "_text8", bug)
+    monkeypatch.setattr("discrete_diffusion.data.text_convert.convert_file", bug)
+    with pytest.raises(OSError, match="no path here"):
+        main(argv)
+
+
+# ----- bad input ----------------------------------------------------------------------------
+def test_binary_input_to_data_text8_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "out.txt"
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, np.uint8).tobytes())
+    err = error_of(capsys, ["data", "text8", "--input", str(garbage), "--output", str(out)])
+    assert "not text" in err and "not valid UTF-8" in err and not out.exists()
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_text("plain english words " * 50, encoding="utf-16")
+    assert "NUL bytes" in error_of(capsys, ["data", "text8", "--input", str(utf16),
+                                            "--output", str(out)])
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("1.25,3.5,-7,42\n" * 100)
+    assert "letters" in error_of(capsys, ["data", "text8", "--input", str(numbers),
+                                          "--output", str(out)])
+    assert not out.exists()
+
+
+def test_bad_choices_list_the_allowed_values(run, tmp_path, capsys):
+    _, config = run
+    err = error_of(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "r"),
+                            "method.transition=nosuch"])
+    assert "nosuch" in err and "absorbing" in err and "uniform" in err and "Literal" not in err
+    err = error_of(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "r"),
+                            "train.precision=fp8"])
+    assert "fp8" in err and "fp32" in err and "bf16" in err and "Literal" not in err

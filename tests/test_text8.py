@@ -207,3 +207,40 @@ def test_cli_train_eval_sample(tmp_path, text_file, capsys, preset, extra) -> No
                  *(["--steps", "5"] if extra else [])]) == 0
     lines = [s for s in capsys.readouterr().out.splitlines() if len(s) == 16]
     assert len(lines) >= 2 and all(set(s) <= set(text8.ALPHABET) for s in lines[:2])
+
+
+def _deflated_zip(path, text: str) -> bytes:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("text8", text)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "truncated-no-suffix"])
+def test_damaged_zip_says_so_and_how_to_get_a_good_copy(tmp_path, capsys, damage) -> None:
+    """Flipped deflate bytes (a zlib error) and a cut-off download (no central directory, which
+    zipfile would not even call a zip) both name the archive as damaged, not as text."""
+    from discrete_diffusion.cli.main import main
+
+    good = _deflated_zip(tmp_path / "good.zip", _text(20 * SEQ * 10))
+    if damage == "flipped":
+        bad = bytearray(good)
+        start = 30 + len("text8")  # the deflate stream follows the local header and the name
+        for i in range(start + 8, start + 40):
+            bad[i] ^= 0xFF
+        path = tmp_path / "text8.zip"
+    else:
+        bad = bytearray(good[: len(good) // 2])
+        path = tmp_path / ("text8.zip" if damage == "truncated" else "text8")
+    path.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="damaged or incomplete") as err:
+        build(Config(seq_len=SEQ), str(path))
+    assert "d3pm data download-text8 --dir DIR" in str(err.value)
+    assert "d3pm data text8" not in str(err.value).replace("download-text8", "")
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {kind: text8, seq_len: 16}\nmodel: {kind: mlp, hidden: 8, layers: 1}\n"
+                      "method: {kind: diffusion, transition: uniform, num_steps: 4}\n"
+                      "train: {steps: 1, batch_size: 2, device: cpu}\n")
+    assert main(["train", "--config", str(config), "--data", str(path),
+                 "--out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "damaged or incomplete" in lines[0], lines

@@ -9,13 +9,19 @@ The data cache (downloads, tokenised and decoded arrays, FID statistics) lives i
 `~/.cache/discrete_diffusion` unless the environment variable DISCRETE_DIFFUSION_CACHE (set by
 `d3pm --cache DIR`) says otherwise.
 
+Commands check their output locations before the work (`writable_file`, `writable_folder`), so
+that an unwritable path fails in a second rather than after an hour of training or evaluation;
+a missing parent folder of an output is created then.
+
 This module holds no mathematics and imports nothing of the package.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +58,78 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only still there when the block failed
+
+
+class PathError(OSError):
+    """An OSError whose message already names the path and what failed (one line for a user)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a file in `folder`: the only test of writability that also holds for
+    root, read-only mounts and network file systems."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as err:
+        raise PathError(err.errno, f"cannot write {target}: {err.strerror}", str(target)) from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def writable_file(path: str | os.PathLike) -> Path:
+    """Check, before the work, that the file `path` can be written (atomically, beside it).
+
+    Missing parent folders are created. Raises `PathError` (an OSError) naming the path when the
+    location is a folder, lies below a regular file, or is not writable. Returns `path`.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PathError(errno.EISDIR, f"cannot write {path}: it is a folder", str(path))
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathError(err.errno, f"cannot write {path}: {_reason(err, folder)}",
+                        str(path)) from None
+    _probe(folder, path)
+    return path
+
+
+def writable_folder(path: str | os.PathLike, create: bool = True) -> Path:
+    """Check, before the work, that files can be written in the folder `path`.
+
+    With `create` the folder (and its parents) is made now; without, the nearest existing
+    ancestor must be a writable folder (for a folder that another part creates later, e.g. a
+    run folder). Raises `PathError` naming the path. Returns `path`.
+    """
+    path = Path(path).expanduser()
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PathError(err.errno, f"cannot write {path}: {_reason(err, path)}",
+                            str(path)) from None
+        _probe(path, path)
+        return path
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PathError(errno.ENOTDIR, f"cannot write {path}: {existing} is not a folder",
+                        str(path))
+    _probe(existing, path)
+    return path
+
+
+def _reason(err: OSError, path: Path) -> str:
+    """Why a folder could not be made: name the regular file in the way if there is one."""
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        for parent in (path, *path.parents):
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is not a folder"
+    return str(err.strerror)
 
 
 def _fsync(path: Path) -> None:

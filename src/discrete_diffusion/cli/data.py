@@ -12,13 +12,16 @@ import argparse
 import shutil
 from pathlib import Path
 
-from discrete_diffusion.files import atomic_path
+from discrete_diffusion.cli.common import add_progress_flag
+from discrete_diffusion.files import atomic_path, writable_file, writable_folder
 
 
 def _text8(args: argparse.Namespace) -> int:
     from discrete_diffusion.data.text_convert import convert_file
 
-    n = convert_file(args.input, args.output)
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"input text not found: {args.input}")
+    n = convert_file(args.input, writable_file(args.output))
     print(f"wrote {n:,} characters in text8 format to {args.output}")
     return 0
 
@@ -29,6 +32,7 @@ def _enwiki(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    writable_file(out)
     src = enwiki_text8_path()
     with atomic_path(out) as tmp:
         shutil.copyfile(src, tmp)
@@ -39,7 +43,7 @@ def _enwiki(args: argparse.Namespace) -> int:
 def _download_text8(args: argparse.Namespace) -> int:
     from discrete_diffusion.data.text8 import download
 
-    path = download(args.dir)
+    path = download(writable_folder(args.dir))
     print(f"verified {path}")
     return 0
 
@@ -47,6 +51,8 @@ def _download_text8(args: argparse.Namespace) -> int:
 def _spm(args: argparse.Namespace) -> int:
     from discrete_diffusion.data.lm1b import train_sentencepiece
 
+    out = Path(args.out)
+    writable_file(out if out.suffix == ".model" else out.with_name(out.name + ".model"))
     model = train_sentencepiece(args.input, args.out, vocab_size=args.vocab_size,
                                 max_sentences=args.max_sentences, seed=args.seed)
     print(f"wrote SentencePiece model ({args.vocab_size} pieces) to {model}")
@@ -61,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("text8", help="convert any English text to text8 format")
     p.add_argument("--input", required=True, help="UTF-8 text file")
     p.add_argument("--output", required=True, help="text8-format file to write")
+    add_progress_flag(p)
     p.set_defaults(func=_text8)
 
     p = sub.add_parser("enwiki", help="write the embedded Wikipedia excerpt in text8 format")

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from discrete_diffusion.cli.common import add_progress_flag
+from discrete_diffusion.files import atomic_write_text, writable_folder
+
 if TYPE_CHECKING:  # heavy imports stay inside functions: `d3pm --help` must be instant
     from torch import Tensor, nn
 
@@ -89,11 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="held-out points for the bound, and points per scatter (default 2000)")
     roll.add_argument("--overwrite", action="store_true",
                       help=f"replace an existing {FIGURE} in --out")
+    add_progress_flag(roll)
     roll.set_defaults(func=run_swissroll)
 
 
 def check_args(args: argparse.Namespace) -> Path:
-    """Validate the options; returns the figure path."""
+    """Validate the options and create --out (so that an unwritable folder fails before the
+    training); returns the figure path."""
     if args.train_steps < 0:
         raise ValueError(f"--train-steps must be >= 0, got {args.train_steps}")
     if args.points < 2:
@@ -103,6 +108,7 @@ def check_args(args: argparse.Namespace) -> Path:
     figure = args.out / FIGURE
     if figure.exists() and not args.overwrite:
         raise FileExistsError(f"{figure} exists; choose another --out or pass --overwrite")
+    writable_folder(args.out)
     return figure
 
 
@@ -125,11 +131,10 @@ def run_swissroll(args: argparse.Namespace) -> int:
         block, result = run_process(spec, source, x_test, args.train_steps, args.seed + i)
         blocks.append(block)
         results[spec.name] = result
-    args.out.mkdir(parents=True, exist_ok=True)
     title = (f"D3PM on a quantized swiss roll ({BINS} bins per coordinate, T = {NUM_STEPS}, "
              f"{args.train_steps} training steps per process)")
     forward_reverse_figure(blocks, figure_times(), BINS, figure, title=title)
-    (args.out / "bounds.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(args.out / "bounds.json", json.dumps(results, indent=2) + "\n")
     print(f"wrote {figure}")
     return 0
 
@@ -182,7 +187,8 @@ def train(proc: D3PM, model: nn.Module, source: SwissRollSource, steps: int, see
           name: str) -> None:
     """Adam on the hybrid loss (L_vb + 0.01 L_ce, section 3.4), cosine learning-rate decay."""
     import torch
-    from tqdm import tqdm
+
+    from discrete_diffusion.progress import progress_bar
 
     if steps == 0:
         return
@@ -192,9 +198,9 @@ def train(proc: D3PM, model: nn.Module, source: SwissRollSource, steps: int, see
     batches = source.train_batches(BATCH_SIZE, seed=seed)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(range(steps), desc=f"{name}: train", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=steps, desc=f"{name}: train", unit="step")
     recent = []  # one-sample bound estimates are noisy: show the mean of the last 50 steps
-    for i in bar:
+    for i in range(steps):
         losses = proc.training_losses(model, next(batches), generator=g)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].mean().backward()
@@ -204,6 +210,8 @@ def train(proc: D3PM, model: nn.Module, source: SwissRollSource, steps: int, see
         recent = recent[-49:] + [losses["bound"].mean().item() / math.log(2.0)]
         if i % 50 == 49:
             bar.set_postfix(bound=f"{sum(recent) / len(recent):.2f} bits/point")
+        bar.update(1)
+    bar.close()
     model.eval()
 
 
@@ -221,13 +229,12 @@ def bound_bits(proc: D3PM, model: nn.Module, x: Tensor, seed: int,
 
 
 class _Progress:
-    """A tqdm bar driven by the process's progress(done, total) callbacks."""
+    """A progress bar driven by the process's progress(done, total) callbacks."""
 
     def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
+        from discrete_diffusion.progress import progress_bar
 
-        self.bar = tqdm(total=NUM_STEPS, desc=desc, unit="step", leave=False,
-                        dynamic_ncols=True)
+        self.bar = progress_bar(total=NUM_STEPS, desc=desc, unit="step", leave=False)
 
     def __call__(self, done: int, total: int) -> None:
         self.bar.total = total

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from discrete_diffusion.cli.common import device_of
-from discrete_diffusion.files import atomic_write_text
+from discrete_diffusion.cli.common import add_progress_flag, device_of
+from discrete_diffusion.files import atomic_write_text, writable_file
+from discrete_diffusion.progress import progress_bar
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time N samples at batch size 1 for each step count")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo noise")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
         raise ValueError("--batch-size and --max-examples must be positive")
+    if args.json is not None:
+        writable_file(args.json)  # before the evaluation, not after it
     device = device_of(args.device)
     trained = load_trained(args.checkpoint, device)
     data = build_data(trained.config, args.data)
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     total = min(data.num_examples(args.split), args.max_examples or 10**18)
     gen = torch.Generator(device).manual_seed(args.seed)
     batches = data.eval_batches(args.split, args.batch_size, max_examples=args.max_examples)
-    with tqdm(total=total, desc=f"eval {args.split}", file=sys.stderr, dynamic_ncols=True,
-              leave=False) as bar:
+    with progress_bar(total=total, desc=f"eval {args.split}", unit="example",
+                      leave=False) as bar:
         entries = evaluate_bound(trained.method, trained.model, batches, steps_list, gen,
                                  unit=trained.info.unit, device=device,
                                  progress=lambda n: bar.update(n - bar.n))

@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from discrete_diffusion.files import atomic_write_text, writable_file
+
 
 def _load_images(arg: str, split: str = "test"):
     """(source name, uint8/int array [N, C, H, W], K) for 'digits', a CIFAR path or a folder."""
@@ -36,6 +38,7 @@ def _corruption(args: argparse.Namespace) -> int:
 
     from discrete_diffusion.figures.corruption import save_corruption
 
+    writable_file(args.out)
     _, images, k = _load_images(args.data)
     if args.num < 1 or args.num > len(images):
         raise ValueError(f"--num must be in 1..{len(images)}, got {args.num}")
@@ -64,6 +67,8 @@ def _fid(args: argparse.Namespace) -> int:
     from discrete_diffusion.evaluation import fid
     from discrete_diffusion.files import cache_dir
 
+    if args.out:
+        writable_file(args.out)
     name, reference, k = _load_images(args.reference)
     samples = _read_samples(Path(args.samples))
     if tuple(samples.shape[1:]) != tuple(reference.shape[1:]):
@@ -81,7 +86,7 @@ def _fid(args: argparse.Namespace) -> int:
               "network": str(net_path)}
     print(json.dumps(result))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

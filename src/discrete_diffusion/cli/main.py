@@ -1,8 +1,9 @@
 """`d3pm`: train, evaluate and sample discrete diffusion models; prepare data; draw figures.
 
 Every sub-command lives in its own module exposing `register(subparsers)`, which sets `func`.
-A user error (bad config, missing file, corrupt checkpoint) is one line on stderr,
-`d3pm: error: ...`, and exit code 2.
+A user error (bad config, missing file, corrupt checkpoint, a path that cannot be read or
+written) is one line on stderr, `d3pm: error: ...`, and exit code 2. An OSError that names no
+path is not a user error and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import importlib
 import os
 import sys
 
-from discrete_diffusion.files import CACHE_ENV
+from discrete_diffusion import progress
+from discrete_diffusion.files import CACHE_ENV, PathError, writable_folder
 
 COMMANDS = ("train", "eval", "sample", "data", "figures", "demo")
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError,
@@ -38,8 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def one_line(err: BaseException) -> str:
-    """The message of `err` on one line (KeyError's repr quotes dropped)."""
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    """The message of `err` on one line (KeyError's repr quotes dropped; an OSError raised by
+    the system as "PATH: reason")."""
+    if isinstance(err, OSError) and not isinstance(err, PathError) and err.filename is not None:
+        text = f"{err.filename}: {err.strerror}"
+        if err.filename2 is not None:
+            text += f" (moving to {err.filename2})"
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     return " ".join(text.split()) or type(err).__name__
 
 
@@ -47,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run `d3pm` with `argv` (default sys.argv[1:]); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.cache:
-        os.environ[CACHE_ENV] = args.cache
+    progress.configure(enabled=not getattr(args, "no_progress", False))
     try:
+        if args.cache:
+            os.environ[CACHE_ENV] = str(writable_folder(args.cache))
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
+        print(f"d3pm: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None and not isinstance(err, PathError):
+            raise  # no path to name: a fault of the program, not of the user's input
         print(f"d3pm: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

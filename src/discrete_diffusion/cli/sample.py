@@ -5,8 +5,9 @@
                 [--save-npy FILE]
 
 Text codecs print the samples (and write them to --out when given); image codecs write a PNG
-grid to --out (required). --progressive renders x_t at t = T, 0.9T, ..., 0. --infill holds the
-given characters ('_' marks a position to fill; a shorter text leaves the rest free).
+grid to --out, an array to --save-npy, or both (one of them is required for images).
+--progressive renders x_t at t = T, 0.9T, ..., 0. --infill holds the given characters ('_'
+marks a position to fill; a shorter text leaves the rest free).
 --corrupt draws x_t ~ q(x_t | x_0) at t = round(F * T) from the encoded text and denoises it
 back from t, printing original / corrupted / reconstructed. EMA weights are used when present.
 """
@@ -31,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corrupt", metavar="TEXT", help="corrupt this text and reconstruct it")
     p.add_argument("--noise-level", type=float, help="F in [0, 1]: corrupt at t = round(F T)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="output file (required for images)")
+    p.add_argument("--out", type=Path,
+                   help="output file (for images: a PNG grid; --out or --save-npy is required)")
     p.add_argument("--progressive", action="store_true", help="render x_t from T down to 0")
     p.add_argument("--save-npy", type=Path, metavar="FILE",
                    help="also save the samples as an int array [N, ...] (.npy), e.g. for "
@@ -54,14 +56,22 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from discrete_diffusion.cli.common import device_of
     from discrete_diffusion.figures.samples import write_samples, write_trajectory
+    from discrete_diffusion.files import writable_file
     from discrete_diffusion.training.builders import load_trained
 
     _check_args(args)
+    if args.save_npy is not None and args.save_npy.suffix != ".npy":
+        raise ValueError(f"--save-npy needs a .npy file name, got {args.save_npy}")
+    for path in (args.out, args.save_npy):  # before the sampling, not after it
+        if path is not None:
+            writable_file(path)
     device = device_of(args.device)
     trained = load_trained(args.checkpoint, device)
     codec = trained.codec()
-    if codec.kind == "image" and args.out is None:
-        raise ValueError("--out is required to write image samples")
+    if codec.kind == "image" and args.out is None and args.save_npy is None:
+        raise ValueError("image samples need --out PNG (a grid) or --save-npy FILE (an array)")
+    if codec.kind == "image" and args.out is None and args.progressive:
+        raise ValueError("--progressive image samples need --out PNG")
     gen = torch.Generator(device).manual_seed(args.seed)
     if args.corrupt is not None:
         return _reconstruct(args, trained, codec, gen)
@@ -71,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.progressive:
         x, path = out
         text = write_trajectory(codec, _pick(path, trained.method.num_steps), out=args.out)
+    elif codec.kind == "image" and args.out is None:
+        x, text = out, None  # --save-npy alone: the array is the output
     else:
         x = out
         text = write_samples(codec, out.cpu(), out=args.out)
@@ -89,9 +101,6 @@ def _save_npy(x: Tensor, path: Path) -> None:
 
     from discrete_diffusion.files import atomic_path
 
-    if path.suffix != ".npy":
-        raise ValueError(f"--save-npy needs a .npy file name, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         np.save(tmp, x.cpu().numpy().astype(np.int64 if x.max() > 65535 else np.uint16))
     print(f"wrote {path}")

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from discrete_diffusion.cli.common import add_progress_flag
+from discrete_diffusion.files import writable_folder
 from discrete_diffusion.training.builders import build_data
 from discrete_diffusion.training.config import apply_overrides, config_from_dict, read_yaml
 
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides train.steps)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.lr=1e-3")
     p.set_defaults(func=run)
@@ -47,6 +49,7 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from discrete_diffusion.training.trainer import Trainer  # torch-heavy: import on use
 
+    writable_folder(args.out, create=False)  # fail now, not at the first checkpoint
     config = resolve_config(args)
     data = build_data(config, args.data)
     trainer = Trainer(config, data, args.out, resume=args.resume,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_ZIP_BYTES = 31_344_016
 TEXT8_CHARS = 100_000_000
 _PREP_VERSION = 1
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # local file, empty archive, spanned
 
 
 # ----- codec ---------------------------------------------------------------------------------
@@ -100,13 +102,36 @@ def read_text8_bytes(path: str | Path) -> bytes:
             if (p / name).is_file():
                 return read_text8_bytes(p / name)
         raise FileNotFoundError(f"no text8 or text8.zip in folder {p}")
-    if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
+    if looks_like_zip(p):
+        return _read_zip_member(p)
+    return p.read_bytes()
+
+
+def looks_like_zip(path: Path) -> bool:
+    """A zip by its first bytes or its name, not by whether it can be opened: a truncated
+    archive has lost its central directory, and must not be read as plain text."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head in ZIP_MAGIC or path.suffix.lower() == ".zip"
+
+
+def _read_zip_member(path: Path) -> bytes:
+    """The `text8` member (else the first file) of a zip; a damaged or incomplete archive is a
+    one-line ValueError that says how to get a good copy."""
+    try:
+        with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if not n.endswith("/")]
             if not names:
-                raise ValueError(f"{p}: the zip archive is empty")
+                raise ValueError(f"{path}: the zip archive is empty")
             return zf.read("text8" if "text8" in names else names[0])
-    return p.read_bytes()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        if isinstance(err, OSError) and err.filename is not None:
+            raise  # the file system failed (e.g. permission), not the archive
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(
+            f"{path}: the zip archive is damaged or incomplete ({reason}); download a good copy "
+            "with `d3pm data download-text8 --dir DIR` (it verifies size and content)"
+        ) from None
 
 
 def text8_to_ids(raw: bytes, origin: str = "text8 data") -> np.ndarray:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from discrete_diffusion.data.base import DataSource
 from discrete_diffusion.evaluation.bound import evaluate_bound
 from discrete_diffusion.figures.samples import is_picture, write_samples
+from discrete_diffusion.progress import progress_bar
 from discrete_diffusion.training import distributed
 from discrete_diffusion.training.builders import build_method, build_model
 from discrete_diffusion.training.checkpoint import (
@@ -210,8 +211,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train until `train.steps`; returns the last logged metrics and evaluation."""
         summary: dict = {}
-        bar = tqdm(total=self.tc.steps, initial=self.step, disable=not self.progress,
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=self.tc.steps, initial=self.step, desc="train", unit="step",
+                           disable=not self.progress)
         busy, units = 0.0, 0  # throughput counts training time only, not evaluations
         try:
             while self.step < self.tc.steps:
