@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from discrete_diffusion.extras import explain
 from discrete_diffusion.files import CACHE_ENV
 
 COMMANDS = ("train", "eval", "sample", "data", "figures", "demo")
@@ -43,9 +44,22 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def missing_package(err: ModuleNotFoundError) -> int:
+    """One line naming the extra that installs a missing optional package (exit 2); any other
+    missing module is a bug and propagates."""
+    missing = explain(err, "d3pm")
+    if missing is None:
+        raise err
+    print(f"d3pm: error: {one_line(missing)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `d3pm` with `argv` (default sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:  # the commands need the `train` extra
+        return missing_package(err)
     args = parser.parse_args(argv)
     if args.cache:
         os.environ[CACHE_ENV] = args.cache
@@ -54,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"d3pm: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # an optional package imported outside `require`
+        return missing_package(err)
     except KeyboardInterrupt:
         print("d3pm: interrupted", file=sys.stderr)
         return 130
