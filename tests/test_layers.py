@@ -12,7 +12,7 @@ PACKAGE = Path(discrete_diffusion.__file__).parent
 COMPONENTS = ("data", "networks", "methods", "evaluation", "figures")
 APPLICATION = ("training", "cli")
 CONTRACTS = ("data.base", "methods.base")  # the interfaces components may share
-STANDALONE = ("files", "progress")  # I/O and progress helpers: import nothing of the package
+STANDALONE = ("files", "progress", "extras")  # helpers: import nothing of the package
 
 
 def _module(path: Path) -> str:

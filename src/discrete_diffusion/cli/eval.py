@@ -8,13 +8,16 @@ Defaults: all T steps, the whole split, batch size 32, seed 0, EMA weights when 
 The JSON holds "results", one entry per step count: steps, bits_per_token, stderr,
 num_sequences (+ bits_per_char for characters, perplexity for tokens) or, for images, steps,
 bits_per_dim, stderr, num_images; with --time-samples N also sample_seconds_per_example
-{"mean", "std", "runs"} (batch size 1).
+{"mean", "std", "runs"} (batch size 1), and "skipped_updates", the training updates of the run
+that were skipped as non-finite (also printed after the table; a warning on stderr when they are
+more than 1% of the updates).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -86,10 +89,15 @@ def run(args: argparse.Namespace) -> int:
                                                     "runs": args.time_samples}
         results.append(result)
     print_table(results, trained.info.unit)
+    skipped, step = int(trained.checkpoint.state.get("skipped", 0)), trained.checkpoint.step
+    print(f"checkpoint {trained.checkpoint.path}: step {step}, {skipped} skipped updates")
+    if skipped > 0.01 * step:
+        print(f"warning: {skipped} of the {step} training updates of this checkpoint were "
+              f"skipped as non-finite", file=sys.stderr)
     if args.json is not None:
-        record = {"checkpoint": str(trained.checkpoint.path), "step": trained.checkpoint.step,
+        record = {"checkpoint": str(trained.checkpoint.path), "step": step,
                   "split": args.split, "unit": trained.info.unit, "ema": trained.uses_ema,
-                  "seed": args.seed, "results": results}
+                  "seed": args.seed, "skipped_updates": skipped, "results": results}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -14,6 +14,7 @@ import os
 import sys
 
 from discrete_diffusion import progress
+from discrete_diffusion.extras import explain
 from discrete_diffusion.files import CACHE_ENV, PathError, writable_folder
 
 COMMANDS = ("train", "eval", "sample", "data", "figures", "demo")
@@ -51,9 +52,22 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def missing_package(err: ModuleNotFoundError) -> int:
+    """One line naming the extra that installs a missing optional package (exit 2); any other
+    missing module is a bug and propagates."""
+    missing = explain(err, "d3pm")
+    if missing is None:
+        raise err
+    print(f"d3pm: error: {one_line(missing)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `d3pm` with `argv` (default sys.argv[1:]); returns the exit code."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:  # the commands need the `train` extra
+        return missing_package(err)
     args = parser.parse_args(argv)
     progress.configure(enabled=not getattr(args, "no_progress", False))
     try:
@@ -63,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"d3pm: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # an optional package imported outside `require`
+        return missing_package(err)
     except OSError as err:
         if err.filename is None and not isinstance(err, PathError):
             raise  # no path to name: a fault of the program, not of the user's input

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from discrete_diffusion.data.image_arrays import ImageArraySource
+from discrete_diffusion.extras import require
 
 NUM_LEVELS = 17
 NUM_TEST = 360
@@ -30,9 +31,8 @@ class Config:
 
 def load_digit_splits() -> dict[str, np.ndarray]:
     """The fixed train/test split of scikit-learn's digits as uint8 [N, 1, 8, 8] in 0..16."""
-    from sklearn.datasets import load_digits
-
-    images = load_digits().images.astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
+    sklearn_datasets = require("sklearn.datasets", "images", "the digits data")
+    images = sklearn_datasets.load_digits().images.astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
     order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
     return {"train": images[order[NUM_TEST:]], "test": images[order[:NUM_TEST]]}
 

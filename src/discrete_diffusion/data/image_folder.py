@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from discrete_diffusion.extras import require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _CHANNELS = {"L": 1, "RGB": 3}
@@ -84,8 +85,9 @@ def list_members(root: Path, split: str) -> dict[str, Opener]:
 
 def decode(name: str, data: bytes) -> np.ndarray:
     """One image file's bytes -> uint8 [C, H, W]; a one-line error naming `name` otherwise."""
+    pil_image = require("PIL.Image", "images", "reading images")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = pil_image.open(io.BytesIO(data))
         image.load()
     except Exception as err:  # Pillow raises many types for corrupt data
         raise ValueError(f"cannot read image {name}: {err}") from None

@@ -29,6 +29,7 @@ from discrete_diffusion.data.base import Codec
 from discrete_diffusion.data.text_cache import cache_key, cached_arrays, smallest_uint
 from discrete_diffusion.data.text_stats import add_statistics
 from discrete_diffusion.data.token_stream import TokenStreamSource
+from discrete_diffusion.extras import require
 from discrete_diffusion.files import atomic_path, atomic_write_json, atomic_write_text, cache_dir
 
 MODEL_FILE = "spm.model"
@@ -39,7 +40,7 @@ _PREP_VERSION = 1
 # ----- SentencePiece ---------------------------------------------------------------------------
 def load_processor(model_path: str | Path):
     """A SentencePiece processor for the model file at `model_path` (one-line error if missing)."""
-    import sentencepiece as spm
+    spm = require("sentencepiece", "text", "SentencePiece tokenisation")
 
     path = Path(model_path)
     if not path.is_file():
@@ -68,8 +69,7 @@ def train_sentencepiece(inputs: list[str | Path] | str | Path, out: str | Path,
     At most `max_sentences` sentences are used, sampled with numpy's PCG64 seeded by `seed`, so
     the same inputs give the same model. Ids: 0 <unk>, 1 <s> (BOS), 2 </s> (EOS).
     """
-    import sentencepiece as spm
-
+    spm = require("sentencepiece", "text", "SentencePiece training")
     sentences = read_sentences(inputs)
     if not sentences:
         raise ValueError(f"no sentences in {inputs}")
@@ -191,11 +191,7 @@ def _sentences_by_split(path: Path) -> dict[str, list[str]]:
 
 def hf_sentences(name: str = "lm1b") -> dict[str, list[str]]:
     """Train and test sentences of a Hugging Face data set (test doubles as validation)."""
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError('the "hf:" LM1B source needs the datasets package: '
-                          'pip install "discrete-diffusion[lm1b]"') from None
+    datasets = require("datasets", "lm1b", 'the "hf:" LM1B source')
     try:
         ds = datasets.load_dataset(name)
     except Exception as err:  # network, hub and script errors all mean "not available"

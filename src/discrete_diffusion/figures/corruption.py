@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from torch import Tensor
+
+from discrete_diffusion.extras import require
 
 PROCESSES = ("uniform", "absorbing", "gauss")
 
@@ -80,6 +81,8 @@ def save_corruption(
 
 def _label(path: Path, processes: tuple[str, ...], heights: list[int], times: list[int]) -> None:
     """Add a left margin naming each block's process and a top line listing the times."""
+    Image = require("PIL.Image", "images", "the corruption figure")
+    ImageDraw = require("PIL.ImageDraw", "images", "the corruption figure")
     image = Image.open(path)
     image.load()
     mode = image.mode

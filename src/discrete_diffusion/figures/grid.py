@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from discrete_diffusion.extras import require
 from discrete_diffusion.files import atomic_path
 
 
@@ -38,13 +38,14 @@ def tile(images: np.ndarray, columns: int, pad: int = 1, fill: int = 255) -> np.
 
 def save_png(canvas: np.ndarray, out: str | Path, scale: int = 1) -> Path:
     """Write uint8 [C, H, W] (C = 1 or 3) as a PNG, enlarged `scale` times (nearest), atomically."""
+    pil_image = require("PIL.Image", "images", "writing PNG images")
     image = canvas[0] if canvas.shape[0] == 1 else canvas.transpose(1, 2, 0)
     if scale > 1:
         image = image.repeat(scale, axis=0).repeat(scale, axis=1)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
+        pil_image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
     return out
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from discrete_diffusion.extras import require
+
 DPI = 100
 PANEL_INCHES = 2.0
 LABEL_INCHES = 1.5  # left margin for the row labels
@@ -51,12 +53,8 @@ class ProcessPanels:
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib", "images", "the swiss-roll figure").use("Agg")
+    return require("matplotlib.pyplot", "images", "the swiss-roll figure")
 
 
 def draw_points(ax, x: Tensor, bins: int, color: str, seed: int = 0,
@@ -93,8 +91,7 @@ def grid_axes(ax, bins: int, mask: bool = False) -> None:
 
 def draw_matrix(ax, matrix: Tensor):
     """Show a row-stochastic matrix [K, K] (row i = x_{t-1} or x_0, column j = x_t)."""
-    from matplotlib.colors import PowerNorm
-
+    PowerNorm = require("matplotlib.colors", "images", "the swiss-roll figure").PowerNorm
     image = ax.imshow(matrix.detach().cpu().double().numpy(), cmap="magma", interpolation="nearest",
                       norm=PowerNorm(MATRIX_GAMMA, vmin=0.0, vmax=1.0))
     k = matrix.shape[0]

@@ -15,6 +15,7 @@ from discrete_diffusion.methods.base import Method
 from discrete_diffusion.training import registry
 from discrete_diffusion.training.checkpoint import Checkpoint, load_checkpoint, load_weights
 from discrete_diffusion.training.config import RunConfig, config_from_dict
+from discrete_diffusion.training.nonfinite import first_non_finite
 
 
 def build_data(config: RunConfig, data_arg: str | None) -> DataSource:
@@ -54,10 +55,16 @@ class TrainedRun:
 
 def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu",
                  prefer_ema: bool = True) -> TrainedRun:
-    """Rebuild a run from a run folder (latest checkpoint) or a checkpoint file."""
+    """Rebuild a run from a run folder (latest checkpoint) or a checkpoint file. A checkpoint
+    holding an inf or NaN weight (model or EMA) is refused with a one-line ValueError."""
     ckpt = load_checkpoint(path)
     if "config" not in ckpt.state:
         raise ValueError(f"checkpoint {ckpt.path} holds no config")
+    for label, tensors in (("weight", ckpt.weights), ("EMA weight", ckpt.ema or {})):
+        bad = first_non_finite(tensors)
+        if bad is not None:
+            raise ValueError(f"checkpoint {ckpt.path} holds non-finite values (inf or NaN) in "
+                             f"the {label} {bad!r}; use an earlier checkpoint")
     config = config_from_dict(ckpt.state["config"])
     info = DataInfo.load(ckpt.run_dir / "data")
     method = build_method(config, info)

@@ -59,6 +59,8 @@ class TrainConfig:
         device: "auto" (cuda when available), "cpu" or "cuda".
         precision: "fp32" or "bf16" (autocast on CUDA only).
         compile: wrap the model in torch.compile.
+        max_consecutive_skips: stop with an error after this many updates in a row were
+            skipped as non-finite (gradient norm, weights or optimizer state); 0 = never stop.
     """
 
     steps: int = 1000
@@ -83,6 +85,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    max_consecutive_skips: int = 10
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints")
@@ -90,7 +93,8 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be at least 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "lr",
-                    "weight_decay", "grad_clip", "eval_examples", "num_samples"):
+                    "weight_decay", "grad_clip", "eval_examples", "num_samples",
+                    "max_consecutive_skips"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must not be negative, got {getattr(self, key)}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -1,5 +1,6 @@
 """Metrics: one JSON line per log step in RUN_DIR/metrics.jsonl, mirrored to TensorBoard
-(RUN_DIR/tensorboard) when tensorboard is installed; and the per-quartile statistics."""
+(RUN_DIR/tensorboard) when tensorboard is installed (extra `train`); and the per-quartile
+statistics. The lines are strict JSON: a NaN or infinite value is written as null."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class MetricsLog:
     def log(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}
+        record = {"step": step, **{f"{prefix}/{k}": finite_or_none(v) for k, v in values.items()}}
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -43,6 +44,13 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def finite_or_none(value):
+    """`value`, with a NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class RunningStats:

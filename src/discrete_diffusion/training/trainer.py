@@ -42,11 +42,12 @@ from discrete_diffusion.training.checkpoint import (
 from discrete_diffusion.training.config import RunConfig, config_from_dict, dump_config, read_yaml
 from discrete_diffusion.training.ema import EMA
 from discrete_diffusion.training.metrics import MetricsLog, RunningStats
+from discrete_diffusion.training.nonfinite import FiniteUpdate, NonFiniteTraining, skip_warning
 
 # train keys that may change when a run is resumed (bookkeeping, not the optimisation itself)
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "eval_examples", "eval_steps",
                   "sample_every", "num_samples", "ckpt_every", "keep_checkpoints", "device",
-                  "compile"}
+                  "compile", "max_consecutive_skips"}
 
 
 def _seed_of(*parts: int) -> int:
@@ -100,6 +101,7 @@ class Trainer:
         self.generator = torch.Generator(self.device)  # the diffusion noise of this rank
         self.generator.manual_seed(_seed_of(tc.seed, self.dist.rank, 1))
         self.step, self.skipped = 0, 0
+        self.update, self.consecutive_skips = FiniteUpdate(self.optimizer), 0
         self.progress = progress and self.main
         self.positions = self.info.num_positions
         checkpoint = self._prepare_run_dir(resume)
@@ -110,6 +112,7 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, enabled=self.main)
         self.stats = RunningStats(self.method.num_steps)
         self._snapshot = self._rank_state()
+        self._last_log = (self.step, self.skipped)  # the skip warning counts from here
 
     # ----- set-up --------------------------------------------------------------------------
     def _micro_batch(self) -> int:
@@ -286,17 +289,24 @@ class Trainer:
         return self.tc.lr * min(1.0, (step + 1) / self.tc.warmup_steps)
 
     def _apply_update(self) -> None:
-        """Clip, then step (and update the EMA) unless the gradient is not finite."""
+        """Clip, step and update the EMA; an update with a non-finite gradient norm, weight or
+        optimizer state is undone and counted, and `max_consecutive_skips` in a row stop
+        training with a one-line error (so no checkpoint ever holds a non-finite weight)."""
         clip = self.tc.grad_clip if self.tc.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.stats.add("grad_norm", norm.reshape(1))
-        if not torch.isfinite(norm):  # identical on every rank: gradients are all-reduced
-            self.skipped += 1
-            self.optimizer.zero_grad(set_to_none=True)
+        # identical on every rank: gradients are all-reduced, so weights stay in step
+        if bool(torch.isfinite(norm)) and self.update.step():
+            self.consecutive_skips = 0
+            if self.ema is not None:
+                self.ema.update(self.model)
             return
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        self.skipped += 1
+        self.consecutive_skips += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        limit = self.tc.max_consecutive_skips
+        if limit and self.consecutive_skips >= limit:
+            raise NonFiniteTraining(self.step + 1, self.consecutive_skips, self.skipped)
 
     def _record(self, out: dict[str, Tensor]) -> None:
         if not self.main:
@@ -318,7 +328,17 @@ class Trainer:
         bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}",
                         bits=f"{values.get('bits_per_unit', float('nan')):.4f}",
                         units_s=f"{units_per_sec:.0f}")
+        self._warn_skips()
         return values
+
+    def _warn_skips(self) -> None:
+        """Warn on stderr when a large share of the updates since the last log line were
+        skipped (the count is also in metrics.jsonl, the checkpoints and `d3pm eval`)."""
+        (since, before), self._last_log = self._last_log, (self.step, self.skipped)
+        message = skip_warning(self.step - since, self.skipped - before, since, self.skipped,
+                               self.step)
+        if self.main and message:
+            tqdm.write(message, file=sys.stderr)
 
     # ----- evaluation and samples (rank 0) -------------------------------------------------
     def evaluate(self) -> dict | None:
