@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from discrete_diffusion import logistic
+import discrete_diffusion as dd
+from discrete_diffusion import logistic, schedules
+from discrete_diffusion.categorical import categorical_kl
+from discrete_diffusion.transitions import DiscretizedGaussian
 
 
 def _brute(loc: float, log_scale: float, num_classes: int, shift: float) -> torch.Tensor:
@@ -90,3 +93,30 @@ def test_log1m_exp_neg_matches_direct_formula() -> None:
 def test_rejects_one_class() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         logistic.logits(torch.tensor(0.0), torch.tensor(0.0), num_classes=1)
+
+
+def test_near_delta_head_through_the_gaussian_posterior_has_finite_gradients() -> None:
+    """A sharp head at the edge bin (loc ~ -1, small scale) makes p~ a near-delta whose log
+    falls ~900 nats over 17 bins; its product with the Gaussian's Qbar_s (entries down to 0)
+    once took log(0) and gave NaN gradients to every parameter (training skipped updates)."""
+    process = dd.D3PM(DiscretizedGaussian(17), schedules.linear(250, 4e-4, 0.08))
+    loc = torch.tensor([[-0.99994]], requires_grad=True)
+    log_scale = torch.tensor([[-4.16]], requires_grad=True)
+    x_0, x_t, t = torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([4])
+    log_p = process.p_logits(logistic.logits(loc, log_scale, 17), x_t, t)
+    kl = categorical_kl(process.q_posterior_logits(x_0, x_t, t), log_p)
+    assert torch.isfinite(kl).all()
+    kl.sum().backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(log_scale.grad).all()
+    # the same KL from float64 parameters and a brute-force logsumexp product
+    loc64, scale64 = loc.detach().double().requires_grad_(), log_scale.detach().double()
+    log_x0 = logistic.logits(loc64, scale64.requires_grad_(), 17)
+    log_m = process.cumulative_matrix(3).log()
+    log_cum = torch.logsumexp(log_x0[..., :, None] + log_m, dim=-2)
+    column = process.transition_matrix(4)[:, 0].log()
+    brute = categorical_kl(process.q_posterior_logits(x_0, x_t, t).double(),
+                           (column + log_cum).log_softmax(-1))
+    brute.sum().backward()
+    torch.testing.assert_close(kl.double(), brute, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(loc.grad.double(), loc64.grad, rtol=1e-3, atol=1e-9)
+    torch.testing.assert_close(log_scale.grad.double(), scale64.grad, rtol=1e-3, atol=1e-9)

@@ -68,14 +68,22 @@ def log1mexp(x: Tensor) -> Tensor:
     return torch.where(cut, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+# Shifted products below this are zero or subnormal (float64 subnormals start at 2.2e-308): their
+# log has lost precision and its gradient, 1 / product, overflows (0 / 0 = NaN where the product
+# is 0). log_matmul_exp recomputes such results exactly instead of taking their log.
+_PRODUCT_FLOOR = 1e-290
+
+
 def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
     """log(p @ M) for log probabilities p and a non-negative matrix M, without underflow.
 
     Each row of p is shifted by its maximum before exponentiation (float64), which is exact
-    unless a result depends only on entries more than ~700 nats below the row maximum (a p
-    that is near certain of a state that M maps elsewhere, e.g. logits of +-1e4 with zeros in
-    M): such results, -inf after the shift while p and M give them support, are recomputed
-    exactly as logsumexp_i(log p_i + log M_ij) for the rows concerned.
+    unless a result depends only on entries more than ~670 nats below the row maximum (a p
+    that is near certain of a state that M maps elsewhere, e.g. logits of +-1e4 or a sharp
+    discretized logistic, with zeros or tiny entries in M): such results, below 1e-290 after the
+    shift while p and M give them support, are recomputed exactly as
+    logsumexp_i(log p_i + log M_ij) for the rows concerned, and results without support are
+    -inf. The gradient is finite wherever the value is (results of -inf get none).
 
     Args:
         log_p: float [..., K] (or [B, N, K] with `matrix` [B, K, K] for a batched product).
@@ -84,12 +92,17 @@ def log_matmul_exp(log_p: Tensor, matrix: Tensor) -> Tensor:
         [..., K'] in the dtype of `log_p`.
     """
     lp = log_p.to(torch.float64)
-    shift = lp.amax(-1, keepdim=True).clamp(min=-1e30)  # all -inf rows stay -inf, not NaN
-    out = torch.matmul((lp - shift).exp(), matrix).log() + shift
-    zero = torch.isneginf(out)
-    if bool(zero.any()):  # rare: only then pay for a second product, the support of p @ M
+    # The shift is a constant for autograd: log(exp(lp - c) @ M) + c is log(exp(lp) @ M) for any c.
+    shift = lp.detach().amax(-1, keepdim=True).clamp(min=-1e30)  # -inf rows stay -inf, not NaN
+    product = torch.matmul((lp - shift).exp(), matrix)
+    low = product < _PRODUCT_FLOOR
+    # log of the product only where it is accurate: elsewhere log(1) stands in, so that neither
+    # the value nor the gradient (1 / product) of a zero or subnormal product is ever used.
+    safe = torch.where(low, torch.ones_like(product), product).log()
+    out = torch.where(low, torch.full_like(product, -math.inf), safe) + shift
+    if bool(low.any()):  # rare: only then pay for a second product, the support of p @ M
         support = torch.matmul((lp > -math.inf).to(torch.float64), (matrix > 0).to(torch.float64))
-        lost = zero & (support > 0)
+        lost = low & (support > 0)
         if bool(lost.any()):
             _recompute_rows(out, lp, matrix, lost.any(-1))
     return out.to(log_p.dtype)
@@ -101,10 +114,20 @@ def _recompute_rows(out: Tensor, lp: Tensor, matrix: Tensor, rows: Tensor) -> No
     if matrix.dim() == 2:
         flat_out, flat_lp = out.view(-1, out.shape[-1]), lp.reshape(-1, lp.shape[-1])
         idx = rows.reshape(-1).nonzero().squeeze(-1)
-        flat_out[idx] = torch.logsumexp(flat_lp[idx, :, None] + log_m[None], dim=1)
+        flat_out[idx] = _logsumexp_or_neginf(flat_lp[idx, :, None] + log_m[None])
         return
     b, n = rows.nonzero(as_tuple=True)
-    out[b, n] = torch.logsumexp(lp[b, n, :, None] + log_m[b], dim=1)
+    out[b, n] = _logsumexp_or_neginf(lp[b, n, :, None] + log_m[b])
+
+
+def _logsumexp_or_neginf(terms: Tensor) -> Tensor:
+    """logsumexp over dim 1, -inf where every term is -inf, with a finite gradient everywhere
+    (torch.logsumexp gives such results the gradient exp(-inf - -inf) = NaN)."""
+    top = terms.detach().amax(1, keepdim=True).clamp(min=-1e30)
+    total = (terms - top).exp().sum(1)  # >= 1 wherever a term is finite
+    some = total > 0
+    safe = torch.where(some, total, torch.ones_like(total)).log()
+    return torch.where(some, safe + top.squeeze(1), torch.full_like(total, -math.inf))
 
 
 def uniform_noise(
