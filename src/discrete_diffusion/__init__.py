@@ -2,11 +2,12 @@
 
 The top level is the mathematics alone (Austin et al., 2021): forward processes
 (`transitions`), noise schedules (`schedules`), the process with its posteriors, losses,
-bounds and samplers (`D3PM`), and the truncated discretized logistic (`logistic`).
+bounds and samplers (`D3PM`), continuous-time keep-or-jump processes (`continuous`,
+`alpha_schedules`), and the truncated discretized logistic (`logistic`).
 """
 
-from discrete_diffusion import logistic, schedules, transitions
+from discrete_diffusion import alpha_schedules, continuous, logistic, schedules, transitions
 from discrete_diffusion.process import D3PM
 
-__all__ = ["D3PM", "logistic", "schedules", "transitions"]
+__all__ = ["D3PM", "alpha_schedules", "continuous", "logistic", "schedules", "transitions"]
 __version__ = "0.1.0"

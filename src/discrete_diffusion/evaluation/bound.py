@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from discrete_diffusion.methods.base import Method
 
 
-def summarise(bits: Tensor, steps: int | None, unit: str = "token") -> dict:
+def summarise(bits: Tensor, steps: int | str | None, unit: str = "token") -> dict:
     """Mean, standard error and count of per-example bits per unit `bits` [n]."""
     bits = bits.double()
     n = bits.numel()
@@ -34,10 +34,11 @@ def summarise(bits: Tensor, steps: int | None, unit: str = "token") -> dict:
 
 @torch.no_grad()
 def evaluate_bound(method: Method, model: nn.Module, batches: Iterable[Tensor],
-                   steps_list: Sequence[int | None], generator: torch.Generator | None = None,
+                   steps_list: Sequence[int | str | None], generator: torch.Generator | None = None,
                    *, unit: str = "token", device: torch.device | str | None = None,
                    progress=None) -> list[dict]:
-    """Bound in bits per unit for every entry of `steps_list` (None = all T steps).
+    """Bound in bits per unit for every entry of `steps_list` (None = all T steps; the word
+    "continuous" is passed through to `Method.nll`: the continuous-time bound).
 
     Args:
         batches: one pass of LongTensor [B, *example_shape] (each batch is used for every

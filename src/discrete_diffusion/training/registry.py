@@ -34,6 +34,7 @@ REGISTRIES: dict[str, dict[str, str]] = {
     "method": {
         "diffusion": "discrete_diffusion.methods.diffusion",
         "autoregressive": "discrete_diffusion.methods.autoregressive",
+        "continuous": "discrete_diffusion.methods.continuous",
     },
 }
 
