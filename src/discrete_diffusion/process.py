@@ -38,12 +38,7 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion import checks, sampling, times
-from discrete_diffusion.categorical import (
-    categorical_kl,
-    cross_entropy,
-    gumbel_max,
-    log_normalise,
-)
+from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max, log_normalise
 from discrete_diffusion.transitions._common import check_betas, per_example
 from discrete_diffusion.transitions.base import Transition
 
@@ -230,14 +225,11 @@ class D3PM:
         return _sum_positions(table.to(x_0.device)[x_0])
 
     def _prior_table(self) -> Tensor:
-        """KL(q(x_T | x_0 = k) || p(x_T)) for every state k, float64 [K], built once so that
-        L_T costs a gather per token.
-
-        All in float64: the rows log Qbar_T[k, :] are `log_cumulative_soft` of float64 one-hot
-        rows (the structured float64 path every transition has; `log_cumulative` is float32,
-        whose rounding of log q near log p(x_T) would dominate a KL of 1e-8 nats). Rows come
-        in chunks of about 2^22 entries (O(K) memory per row, O(K^2) work in all), and
-        round-off below zero is clamped: a KL is >= 0."""
+        """KL(q(x_T | x_0 = k) || p(x_T)) for every state k, float64 [K], built once (L_T
+        is then a gather per token). All float64: rows log Qbar_T[k, :] are
+        `log_cumulative_soft` of float64 one-hot rows (float32 rounding of log q would swamp
+        a KL of 1e-8 nats), in chunks of ~2^22 entries (O(K) memory a row); round-off below
+        zero is clamped, a KL being >= 0."""
         if self._prior is None:
             k, T = self.num_classes, self.num_steps
             log_pi = self.transition.stationary().to(torch.float64).log()
