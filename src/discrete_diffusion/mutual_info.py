@@ -18,12 +18,15 @@ Any other transition whose one-step matrix is a function of beta, Q(beta) (it de
 `step_matrix(beta)`: DiscretizedGaussian), is solved step by step (`stepwise_betas`): given
 Qbar_{t-1}, beta_t is the root of I(x_t; x_0) = (1 - t/T) H(x_0) with Qbar_t = Qbar_{t-1}
 Q(beta_t), found by Brent's method on log beta in float64 from a bracket around beta_{t-1}.
-Each evaluation is one K x K product: at K = 256, T = 1000 this takes about a minute on one
-CPU thread (`refine=False` stops Brent at a relative tolerance of 1e-6 in beta, a few times
-faster). A family that cannot mix in one step (the Gaussian's widest step keeps about half
-of each row in place) cannot remove the last 1/T of the information in the last step: beta_T
-is then the largest beta of the search, and I(x_T; x_0) is what that step leaves (about a
-quarter of H(x_0)/T for the full-width Gaussian), which the prior term L_T of the bound counts.
+Each evaluation is one K x K product and about six are needed per step: at K = 256, T = 1000
+the schedule took 150 s on one thread of a loaded two-core machine (`refine=False`, a
+tolerance of 1e-6 in beta, saves little: 149 s). The products use torch's threads, so more
+cores shorten it; the betas depend only on (K, bands, T, p(x_0)), so compute them once and
+keep them (e.g. `torch.save`) rather than per run.
+A family that cannot mix in one step (the Gaussian's widest step keeps about half of each row
+in place) cannot remove the last 1/T of the information in the last step: beta_T is then the
+largest beta of the search, and I(x_T; x_0) is what that step leaves (0.25 H(x_0)/T for the
+full-width Gaussian at K = 256, T = 1000), which the prior term L_T of the bound counts.
 A narrow band mixes slowly and may fall short earlier: every step from the first that misses
 its target takes the largest beta, with a warning.
 
