@@ -77,6 +77,10 @@ def test_matches_the_appendix_formula(bands: int | None) -> None:
         q = tr.transition_matrix(t)
         torch.testing.assert_close(q, _formula(k, beta, bands or k - 1), rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(q, q.T)  # symmetric, so doubly stochastic
+        # the one-step matrix of any beta, as the mutual-information schedule builds it
+        assert torch.equal(DiscretizedGaussian(k, bands=bands).step_matrix(beta), q)
+    with pytest.raises(ValueError, match="variances"):
+        tr.step_matrix(0.0)
 
 
 @pytest.mark.parametrize("bands", [None, 2])

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import brute
 import pytest
 import torch
+from conftest import random_stochastic
 
 from discrete_diffusion import schedules
-from discrete_diffusion.mutual_info import mutual_information_of
+from discrete_diffusion.mutual_info import (
+    STEP_BETA_RANGE,
+    mutual_information_of,
+    stepwise_betas,
+)
 from discrete_diffusion.transitions import (
     Absorbing,
+    Autoregressive,
     Dense,
     DiscretizedGaussian,
     MaskUniform,
@@ -118,9 +125,76 @@ def test_mask_uniform_rejects_a_uniform_part_that_is_too_fast() -> None:
         schedules.mutual_information(tr, steps, _marginal(k - 1))
 
 
+@pytest.mark.parametrize(("bands", "steps"), [(None, 1), (None, 3), (None, 8), (2, 3),
+                                               (4, 12)])
+def test_gaussian_mutual_information_falls_linearly(bands: int | None, steps: int) -> None:
+    """Chosen step by step; checked on products of the dense Q_t of the set-up process. The
+    widest Gaussian step keeps part of each row in place, so the last step cannot remove the
+    last 1/T of the information: it takes the largest beta, and I(x_T; x_0) is what it
+    leaves."""
+    k = 6
+    p = _marginal(k, zero_at=1, seed=5)
+    h0 = float(-(p[p > 0] * p[p > 0].log()).sum())
+    betas = schedules.mutual_information(DiscretizedGaussian(k, bands), steps, p)
+    assert betas.dtype == F64 and betas.shape == (steps,) and (betas > 0).all()
+    tr = DiscretizedGaussian(k, bands)
+    tr.setup(betas)
+    for t in range(1, steps):
+        mi = _brute_mi(brute.cumulative(tr, t), p)
+        assert mi == pytest.approx((1 - t / steps) * h0, abs=1e-10)
+    assert betas[-1].item() == pytest.approx(STEP_BETA_RANGE[1], rel=1e-12)
+    last = _brute_mi(brute.cumulative(tr, steps), p)
+    widest = DiscretizedGaussian(k, bands).step_matrix(STEP_BETA_RANGE[1])
+    assert last < h0 / steps
+    assert last == pytest.approx(_brute_mi(brute.cumulative(tr, steps - 1) @ widest, p),
+                                 rel=1e-9)
+
+
+def test_stepwise_solver_reproduces_the_closed_form_uniform_schedule() -> None:
+    """Uniform's Q(beta) = (1 - beta) I + beta/K 11^T through the generic stepwise solver gives
+    the betas of the one-parameter path, and beta_T -> 1 (I(x_T; x_0) = final_tolerance H)."""
+    k, steps = 5, 7
+    p = _marginal(k, seed=6)
+
+    def step_matrix(beta: float) -> torch.Tensor:
+        return (1 - beta) * torch.eye(k, dtype=F64) + beta / k
+
+    stepwise = stepwise_betas(step_matrix, steps, p, beta_range=(1e-12, 1.0))
+    closed = schedules.mutual_information(Uniform(k), steps, p)
+    torch.testing.assert_close(stepwise[:-1], closed[:-1], rtol=1e-9, atol=0)
+    assert 0.99 < stepwise[-1].item() <= 1.0
+    # a rough solve stays close
+    rough = stepwise_betas(step_matrix, steps, p, beta_range=(1e-12, 1.0), refine=False)
+    torch.testing.assert_close(rough[:-1], closed[:-1], rtol=1e-5, atol=0)
+
+
+def test_a_narrow_band_follows_the_target_as_far_as_it_can_and_warns() -> None:
+    """bands = 2 at K = 6 cannot halve the information left in one step near the end: from
+    the first step that misses its target on, every step takes the largest beta."""
+    k, steps = 6, 8
+    p = _marginal(k, zero_at=1, seed=5)
+    h0 = float(-(p[p > 0] * p[p > 0].log()).sum())
+    with pytest.warns(UserWarning, match=r"from step (\d) of 8 on, even the largest beta") as rec:
+        betas = schedules.mutual_information(DiscretizedGaussian(k, 2), steps, p)
+    first = int(str(rec[0].message).split("from step ")[1].split()[0])
+    assert 1 < first < steps
+    tr = DiscretizedGaussian(k, 2)
+    tr.setup(betas)
+    infos = [_brute_mi(brute.cumulative(tr, t), p) for t in range(steps + 1)]
+    for t in range(1, first):
+        assert infos[t] == pytest.approx((1 - t / steps) * h0, abs=1e-10)
+    assert (betas[first - 1:] == betas[-1]).all()
+    assert betas[-1].item() == pytest.approx(STEP_BETA_RANGE[1], rel=1e-12)
+    assert all(b < a for a, b in zip(infos, infos[1:]))  # still falling at every step
+    assert infos[first] > (1 - first / steps) * h0
+    assert f"{infos[-1]:.3g} nats" in str(rec[0].message)
+
+
 def test_rejects_unsupported_transitions_and_bad_marginals() -> None:
-    with pytest.raises(ValueError, match="DiscretizedGaussian"):
-        schedules.mutual_information(DiscretizedGaussian(4), 5, _marginal(4))
+    with pytest.raises(ValueError, match="Dense has no one-parameter family"):
+        schedules.mutual_information(Dense(matrices=random_stochastic(5, 4)), 5, _marginal(4))
+    with pytest.raises(ValueError, match="Autoregressive has no"):
+        schedules.mutual_information(Autoregressive(4, 3, 5), 5, _marginal(4))
     with pytest.raises(ValueError, match="K = 4"):
         schedules.mutual_information(Uniform(4), 5, _marginal(3))
     with pytest.raises(ValueError, match="zero entropy"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -10,6 +13,7 @@ from test_gaussian import check_against_dense, check_process_against_dense
 
 from discrete_diffusion import D3PM
 from discrete_diffusion.transitions import NearestNeighbor
+from discrete_diffusion.transitions.nearest_neighbor import knn_graph
 
 
 def _embeddings(num: int, dim: int = 3, seed: int = 0) -> torch.Tensor:
@@ -79,6 +83,48 @@ def test_ties_are_broken_by_index_and_self_is_excluded() -> None:
     again = NearestNeighbor(emb, k=2, chunk_size=1)
     assert torch.equal(tr.neighbors, again.neighbors)
     torch.testing.assert_close(tr.eigenvalues, again.eigenvalues)
+
+
+def _lattice(values: range, dim: int, num: int, nonzero: int | None = None) -> torch.Tensor:
+    """`num` distinct non-zero integer vectors (shuffled) with coordinates in `values`, and
+    exactly `nonzero` non-zero coordinates when given: many distances tie."""
+    points = [v for v in itertools.product(values, repeat=dim)
+              if any(v) and (nonzero is None or sum(x != 0 for x in v) == nonzero)]
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(1))[:num]
+    return torch.tensor(points, dtype=torch.float64)[order]
+
+
+def _exact_ranking(points: torch.Tensor) -> list[list[int]]:
+    """Every other row of each row sorted by (exact distance, index): for unit vectors the
+    distance falls as the cosine a.b / (|a| |b|) rises, compared exactly as a signed square."""
+    ints = points.long().tolist()
+    num = len(ints)
+    norms = [sum(x * x for x in a) for a in ints]
+
+    def key(i: int, j: int) -> tuple[Fraction, int]:
+        dot = sum(x * y for x, y in zip(ints[i], ints[j]))
+        cos2 = Fraction(dot * dot, norms[i] * norms[j])
+        return (-cos2 if dot >= 0 else cos2, j)
+
+    return [sorted((j for j in range(num) if j != i), key=lambda j: key(i, j))
+            for i in range(num)]
+
+
+@pytest.mark.parametrize(("values", "dim", "nonzero"), [
+    (range(-1, 2), 6, 4),  # norm 2: normalised exactly, so tied distances are equal floats
+    (range(-3, 4), 3, None),  # mixed norms: round-off splits ties unless they are grouped
+])
+def test_ties_at_realistic_sizes_follow_distance_then_index(
+    values: range, dim: int, nonzero: int | None
+) -> None:
+    points = _lattice(values, dim, 200, nonzero)
+    ranking = _exact_ranking(points)
+    unit = points / points.norm(dim=1, keepdim=True)
+    for k in (5, 40):
+        expected = torch.tensor([row[:k] for row in ranking])
+        for chunk in (512, 7):
+            assert torch.equal(knn_graph(unit, k, chunk), expected), (k, chunk)
+    assert torch.equal(NearestNeighbor(points, k=5).neighbors, expected[:, :5])
 
 
 def test_disconnected_graph_has_zero_spectral_gap() -> None:

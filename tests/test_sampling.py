@@ -176,3 +176,51 @@ def test_timestep_grid_is_the_process_grid() -> None:
     proc = dd.D3PM(dd.transitions.Uniform(3), dd.schedules.cosine(10))
     assert times.timestep_grid(10, steps=3) == proc.timestep_grid(steps=3) == [0, 3, 7, 10]
     assert times.timestep_grid(10, step_size=5) == [0, 5, 10]
+
+
+# ----- infilling on every process -------------------------------------------------------------
+INFILL_PROCESSES = {
+    **PROCESSES,
+    "mask_uniform": lambda: dd.D3PM(dd.transitions.MaskUniform(
+        5, 4, dd.schedules.linear(5, 0.05, 0.3)), dd.schedules.jsd(5)),
+    "gaussian": lambda: dd.D3PM(dd.transitions.DiscretizedGaussian(5, bands=2),
+                                dd.schedules.linear(5, 0.1, 0.8)),
+    "nearest_neighbor": lambda: dd.D3PM(dd.transitions.NearestNeighbor(
+        torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), k=2),
+        dd.schedules.linear(5, 0.2, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INFILL_PROCESSES))
+@pytest.mark.parametrize("kwargs", [{}, {"steps": 2}, {"argmax_last": True}, {"start": 3}])
+def test_infilling_holds_fixed_positions_at_every_step_on_every_process(
+    name: str, kwargs: dict
+) -> None:
+    """An uninformative denoiser (equal logits) would move a free position at nearly every
+    step, so any step that does not hold the fixed positions (the last one included) shows:
+    every state of the trajectory, every input of the denoiser and the sample hold them."""
+    proc = INFILL_PROCESSES[name]()
+    k, shape = proc.num_classes, (4, 16)
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(shape, generator=gen) < 0.5
+    # the absorbing processes' mask states are not data: hold only real tokens
+    real = k - 1 if name in ("absorbing", "mask_uniform") else k
+    values = torch.randint(real, shape, generator=gen)
+    seen = []
+
+    def uninformative(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x_t.clone())
+        return torch.zeros(*x_t.shape, k)
+
+    kwargs = dict(kwargs)
+    if "start" in kwargs:
+        t = kwargs.pop("start")
+        kwargs["start"] = (t, proc.q_sample(torch.randint(real, shape, generator=gen), t, gen))
+    x, traj = proc.sample(uninformative, shape, generator=gen, fixed=(mask, values),
+                          return_trajectory=True, **kwargs)
+    assert traj[-1][0] == 0 and torch.equal(traj[-1][1], x)
+    assert len(seen) == len(traj) - 1
+    for _, x_t in traj + [(None, s) for s in seen]:
+        assert torch.equal(x_t[mask], values[mask])
+    # the free positions did move: the test could see a step that lets go of the fixed ones
+    assert not torch.equal(traj[0][1][~mask], x[~mask]) or name == "absorbing"

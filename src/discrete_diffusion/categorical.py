@@ -23,6 +23,19 @@ _GUMBEL_CHUNK = 1 << 22
 _LOG_TINY = -87.0
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype categorical maths on logits of `dtype` is done in: float32 for the 16-bit
+    types (float16, bfloat16), whose 3-4 significant digits cannot hold a KL or a
+    normaliser, otherwise `dtype` itself (float32, float64)."""
+    return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
+
+
+def log_normalise(logits: Tensor) -> Tensor:
+    """Normalised log probabilities log_softmax(logits) over the last dimension, in
+    `compute_dtype(logits.dtype)` (gradients flow back to the logits in their own dtype)."""
+    return logits.log_softmax(-1, dtype=compute_dtype(logits.dtype))
+
+
 def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p || q) = sum_k p_k (log p_k - log q_k) over the last dimension.
 
@@ -32,10 +45,14 @@ def categorical_kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     below 1e-33 per term) to keep exp() on its fast path.
 
     Args:
-        log_p, log_q: float [..., K], normalised log probabilities (may hold -inf).
+        log_p, log_q: float [..., K], normalised log probabilities (may hold -inf); of
+            different dtypes, both are promoted to the wider one.
     Returns:
-        float [...].
+        float [...] in that dtype.
     """
+    if log_p.dtype != log_q.dtype:  # e.g. a float32 q posterior against float64 logits
+        common = torch.promote_types(log_p.dtype, log_q.dtype)
+        log_p, log_q = log_p.to(common), log_q.to(common)
     # -inf - -inf = NaN and -inf - x = -inf only occur where p = 0: those terms are 0. +inf
     # (q = 0 under p > 0) is kept. A NaN in log_q would be zeroed here, so it is put back below
     # through the row maximum (finite for a normalised row, NaN if the row holds a NaN).

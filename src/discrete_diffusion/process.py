@@ -31,13 +31,14 @@ path below 64 classes, where that is faster); `proc.fused_operations` tells whic
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from discrete_diffusion import checks, sampling, times
-from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max
+from discrete_diffusion.categorical import categorical_kl, cross_entropy, gumbel_max, log_normalise
 from discrete_diffusion.transitions._common import check_betas, per_example
 from discrete_diffusion.transitions.base import Transition
 
@@ -192,7 +193,7 @@ class D3PM:
         x_t = checks.check_states(x_t, "x_t", self.num_classes)
         s, t = checks.check_span(x_t, t, step_size, s, self.num_steps)
         checks.check_logits(x0_logits, x_t, self.num_classes)
-        return self.log_p_posterior(x0_logits.log_softmax(-1), x_t, s, t)
+        return self.log_p_posterior(log_normalise(x0_logits), x_t, s, t)
 
     def log_p_posterior(self, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """`p_logits` for step rules, unchecked and without a device sync: normalised
@@ -224,18 +225,23 @@ class D3PM:
         return _sum_positions(table.to(x_0.device)[x_0])
 
     def _prior_table(self) -> Tensor:
-        """KL(q(x_T | x_0 = k) || p(x_T)) for every state k, float64 [K], built once (in row
-        chunks, O(K^2) work) so that L_T costs a gather per token."""
+        """KL(q(x_T | x_0 = k) || p(x_T)) for every state k, float64 [K], built once (L_T
+        is then a gather per token). All float64: rows log Qbar_T[k, :] are
+        `log_cumulative_soft` of float64 one-hot rows (float32 rounding of log q would swamp
+        a KL of 1e-8 nats), in chunks of ~2^22 entries (O(K) memory a row); round-off below
+        zero is clamped, a KL being >= 0."""
         if self._prior is None:
             k, T = self.num_classes, self.num_steps
-            log_pi = self.transition.stationary().log().to(torch.float64)
+            log_pi = self.transition.stationary().to(torch.float64).log()
             rows, chunk = [], max(1, (1 << 22) // k)
             with torch.no_grad():
                 for start in range(0, k, chunk):
-                    x = torch.arange(start, min(start + chunk, k))[None]
-                    log_q = self.transition.log_cumulative(x, torch.tensor([T]))[0].double()
-                    rows.append(categorical_kl(log_q, log_pi.to(log_q.device)).cpu())
-            self._prior = torch.cat(rows)
+                    x = torch.arange(start, min(start + chunk, k))
+                    one_hot = torch.full((1, x.numel(), k), -math.inf, dtype=torch.float64)
+                    one_hot[0, torch.arange(x.numel()), x] = 0.0
+                    log_q = self.transition.log_cumulative_soft(one_hot, torch.tensor([T]))[0]
+                    rows.append(categorical_kl(log_q.double(), log_pi.to(log_q.device)).cpu())
+            self._prior = torch.cat(rows).clamp(min=0.0)
         return self._prior
 
     def training_losses(
@@ -267,7 +273,7 @@ class D3PM:
         x_0 = checks.check_states(x_0, "x_0", self.num_classes)
         t = times.draw_times(self.num_steps, x_0.shape[0], x_0.device, generator, time_sampling)
         x_t = self._q_sample(x_0, t, generator)
-        log_x0 = self.denoise(denoiser, x_t, t).log_softmax(-1)
+        log_x0 = log_normalise(self.denoise(denoiser, x_t, t))
         vb = _sum_positions(self._vb_term(log_x0, x_0, x_t, t - 1, t))
         ce = _sum_positions(cross_entropy(log_x0, x_0))
         out = {"vb": vb, "ce": ce, "t": t}
@@ -298,7 +304,7 @@ class D3PM:
         x_0 = checks.check_states(x_0, "x_0", self.num_classes, like=x_t)
         s, t = checks.check_span(x_t, t, step_size, s, self.num_steps)
         checks.check_logits(x0_logits, x_t, self.num_classes)
-        return self._vb_term(x0_logits.log_softmax(-1), x_0, x_t, s, t)
+        return self._vb_term(log_normalise(x0_logits), x_0, x_t, s, t)
 
     def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """Per position: KL(q(x_s | x_t, x_0) || p(x_s | x_t)), and -log p(x_0 | x_t) where
@@ -346,7 +352,7 @@ class D3PM:
         for done, (s_int, t_int) in enumerate(pairs, start=1):
             s, t = (torch.full_like(prior, v, dtype=torch.long) for v in (s_int, t_int))
             x_t = self._q_sample(x_0, t, generator)
-            log_x0 = self.denoise(denoiser, x_t, t).log_softmax(-1)
+            log_x0 = log_normalise(self.denoise(denoiser, x_t, t))
             term = _sum_positions(self._vb_term(log_x0, x_0, x_t, s, t)).double()
             if s_int == 0:
                 decoder = term

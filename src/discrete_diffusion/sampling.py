@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor
 
-from discrete_diffusion.categorical import gumbel_max
+from discrete_diffusion.categorical import gumbel_max, log_normalise
 from discrete_diffusion.checks import check_shape, check_states, is_int
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def ancestral_step(
     Returns:
         LongTensor [B, ...].
     """
-    log_x0 = process.denoise(denoiser, x_t, t).log_softmax(-1)
+    log_x0 = log_normalise(process.denoise(denoiser, x_t, t))
     log_p = process.log_p_posterior(log_x0, x_t, s, t)
     return log_p.argmax(-1) if argmax else gumbel_max(log_p, generator)
 

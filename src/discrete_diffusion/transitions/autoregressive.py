@@ -112,9 +112,13 @@ class Autoregressive(Transition):
         return self._one_hot_log(torch.where(keep, x_0, self.mask_index))
 
     def log_cumulative_soft(self, log_x0: Tensor, t: Tensor) -> Tensor:
-        keep = self._unmasked(t, log_x0, -2).unsqueeze(-1)
+        """p at positions left of N - t, the mask from there on (at t = T every position,
+        for rows of any length, as in `log_cumulative`)."""
         masked = torch.full_like(log_x0, -math.inf)
         masked[..., self.mask_index] = 0.0
+        if log_x0.shape[-2] != self.seq_len and bool((t == self.num_steps).all()):
+            return masked
+        keep = self._unmasked(t, log_x0, -2).unsqueeze(-1)
         return torch.where(keep, log_x0, masked)
 
     def log_transition_column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:

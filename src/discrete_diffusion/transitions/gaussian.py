@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+import scipy.linalg
 import torch
 from torch import Tensor
 
@@ -125,13 +127,14 @@ class DiscretizedGaussian(Transition):
     # ----- dense views ----------------------------------------------------------------------
     def _dense_step(self, t: int) -> Tensor:
         """Q_t from its profile, float64 [K, K] on the device of the tables."""
-        k = self.num_classes
-        i = torch.arange(k, device=self.profile.device)
-        gap = (i.unsqueeze(0) - i.unsqueeze(1)).abs()
-        values = torch.cat([self.profile[t - 1], self.profile.new_zeros(1)])
-        mat = values[gap.clamp(max=self.bands + 1)]
-        mat[i, i] = self.diag[t - 1]
-        return mat
+        return _banded(self.profile[t - 1], self.diag[t - 1], self.bands)
+
+    def step_matrix(self, beta: float) -> Tensor:
+        """The one-step matrix Q of a variance beta > 0, float64 [K, K] on the CPU, whether
+        or not beta is in the schedule (the mutual-information schedule searches over it)."""
+        betas = check_betas(torch.tensor([float(beta)], dtype=torch.float64), "variance")
+        profile = gaussian_profile(betas, self.num_classes, self.bands)
+        return _banded(profile[0], diagonals(profile, self.num_classes)[0], self.bands)
 
     def transition_matrix(self, t: int) -> Tensor:
         check_int(t, 1, self.num_steps)
@@ -202,3 +205,13 @@ class DiscretizedGaussian(Transition):
             self.spans.popitem(last=False)
         return span
 
+
+def _banded(profile: Tensor, diag: Tensor, bands: int) -> Tensor:
+    """The dense Q of one step from its off-diagonal profile [b+1] and diagonal [K]: the
+    symmetric Toeplitz matrix of the profile (0 beyond the band), diagonal replaced."""
+    k = diag.shape[0]
+    column = np.zeros(k)
+    column[1 : bands + 1] = profile[1:].cpu().numpy()
+    mat = torch.from_numpy(scipy.linalg.toeplitz(column)).to(profile.device)
+    mat.diagonal().copy_(diag)
+    return mat

@@ -2,7 +2,8 @@
 
 Construction (notes section 2b):
     * embeddings e [K, d] are L2-normalised; each token i gets its k nearest other tokens by
-      Euclidean distance (ties broken by the lower index), A[nbr, i] = 1;
+      Euclidean distance (ties, also those that round-off splits, broken by the lower
+      index), A[nbr, i] = 1;
     * S = (A + A^T) / (2k) is symmetric; the rate matrix R = S - diag(row sums of S) has zero
       row (and column) sums;
     * Q_t = expm(beta_t R) and Qbar_t = expm(c_t R) with c_t = beta_1 + ... + beta_t, exactly
@@ -34,7 +35,7 @@ from torch import Tensor
 from discrete_diffusion.transitions._common import check_betas, check_int
 from discrete_diffusion.transitions.base import Transition
 
-__all__ = ["NearestNeighbor", "knn_graph", "rate_matrix"]
+__all__ = ["NearestNeighbor", "knn_graph", "rate_matrix", "tie_tolerance"]
 
 # Tokens per product when V is applied: bounds the float64 intermediates to ~64 MB at K = 8193.
 _TOKEN_CHUNK = 1024
@@ -60,6 +61,10 @@ def knn_graph(unit: Tensor, k: int, chunk_size: int = 512) -> Tensor:
     """The k nearest other rows of each row, by Euclidean distance, ties by lower index.
 
     Distances are formed chunk by chunk, so at most chunk_size x K of them exist at once.
+    Equal distances are ties even where round-off tells them apart: 2 - 2 a.b carries errors
+    of about d eps, so sorted distances closer than `tie_tolerance(d)` to their predecessor
+    join its tie group, and the final order is by the unique key (group, index), which no
+    sort can reorder.
 
     Args:
         unit: float64 [K, d], L2-normalised rows.
@@ -69,15 +74,26 @@ def knn_graph(unit: Tensor, k: int, chunk_size: int = 512) -> Tensor:
         LongTensor [K, k], neighbours of row i sorted nearest first.
     """
     num = unit.shape[0]
+    tol = tie_tolerance(unit.shape[1])
     out = torch.empty(num, k, dtype=torch.long)
     for start in range(0, num, chunk_size):
         rows = torch.arange(start, min(start + chunk_size, num))
         # |a - b|^2 = 2 - 2 a.b for unit vectors; self is excluded explicitly (not by rank).
         dist = (2.0 - 2.0 * unit[rows] @ unit.T).clamp(min=0.0)
         dist[torch.arange(rows.numel()), rows] = float("inf")
-        order = torch.sort(dist, dim=1, stable=True).indices
-        out[rows] = order[:, :k]
+        ranked, order = torch.sort(dist, dim=1, stable=True)
+        new_group = torch.diff(ranked, dim=1) > tol  # self (inf) is last: inf - d > tol
+        group = torch.cat([torch.zeros_like(new_group[:, :1]), new_group], 1).cumsum(1)
+        key = torch.sort(group * num + order, dim=1).values  # lexicographic (group, index)
+        out[rows] = key[:, :k] % num
     return out
+
+
+def tie_tolerance(dim: int) -> float:
+    """Squared distances between unit vectors of `dim` coordinates that differ by less than
+    this are taken as equal: 16 d eps, above the round-off of 2 - 2 a.b in float64 (about
+    d eps at worst) and far below any distance that matters."""
+    return 16.0 * max(dim, 1) * torch.finfo(torch.float64).eps
 
 
 def rate_matrix(neighbors: Tensor, num_classes: int) -> np.ndarray:
