@@ -9,17 +9,30 @@ step rule:
 
 with x_t a LongTensor [B, ...], s < t LongTensors [B] of times, and x_s shaped like x_t.
 `STEP_RULES` names the rules `D3PM.sample(sampler=...)` accepts; a new sampler is one function
-and one entry there.
+and one entry there. A sampler is named by a string, "NAME" or "NAME:key=value,..." for its
+options (`SAMPLER_OPTIONS`: "remdm:eta=0.05"), so one string carries it through the
+`Method`, the CLI and the records:
+
+    ancestral      x_s ~ p(x_s | x_t), eq. (4): exact; every transition; one pass per step.
+    first_hitting  exact (the same law); absorbing; passes only for sequences that unmask.
+    remdm          ReMDM remasking (option eta, default 0.02); absorbing; keeps the forward
+                   marginals, eta = 0 is exact.
+    tau_leaping    approximation (reverse rates at t held over the step); uniform, absorbing.
+    confidence     MaskGIT-style top-k unmasking; not exact; absorbing.
+
+The rules other than ancestral are in `sampling_rules`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
+from discrete_diffusion import sampling_rules as rules
 from discrete_diffusion.categorical import gumbel_max, log_normalise
 from discrete_diffusion.checks import check_shape, check_states, is_int
 
@@ -56,14 +69,37 @@ def ancestral_step(
     return log_p.argmax(-1) if argmax else gumbel_max(log_p, generator)
 
 
-STEP_RULES: dict[str, StepRule] = {"ancestral": ancestral_step}
+STEP_RULES: dict[str, StepRule] = {
+    "ancestral": ancestral_step,
+    "first_hitting": rules.first_hitting_step,
+    "remdm": rules.remdm_step,
+    "tau_leaping": rules.tau_leaping_step,
+    "confidence": rules.confidence_step,
+}
+# sampler -> its options and their defaults; given as "NAME:key=value,..."
+SAMPLER_OPTIONS: dict[str, dict[str, float]] = {"remdm": {"eta": rules.REMDM_ETA}}
 
 
 def step_rule(name: str) -> StepRule:
-    """The step rule called `name` in `STEP_RULES`."""
-    if name not in STEP_RULES:
+    """The step rule of sampler `name`: "NAME" (a key of `STEP_RULES`) or
+    "NAME:key=value,..." with numeric options of that rule (`SAMPLER_OPTIONS`)."""
+    base, _, rest = name.partition(":") if isinstance(name, str) else (name, "", "")
+    if base not in STEP_RULES:
         raise ValueError(f"sampler must be one of {sorted(STEP_RULES)}, got {name!r}")
-    return STEP_RULES[name]
+    if not rest:
+        return STEP_RULES[base]
+    known, options = SAMPLER_OPTIONS.get(base, {}), {}
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise ValueError(f"sampler {base} takes options {sorted(known)}, got {item!r}"
+                             if known else f"sampler {base} takes no options, got {item!r}")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            raise ValueError(f"sampler option {base}:{key} must be a number, got {value!r}") \
+                from None
+    return functools.partial(STEP_RULES[base], **options)
 
 
 def prior_sample(

@@ -2,7 +2,7 @@
 
     d3pm sample --checkpoint RUN_DIR_OR_FILE --num N [--steps S] [--seed S] [--out PATH]
                 [--progressive] [--infill TEXT] [--corrupt TEXT --noise-level F]
-                [--save-npy FILE]
+                [--save-npy FILE] [--sampler NAME] [--stats FILE]
 
 Text codecs print the samples (and write them to --out when given); image codecs write a PNG
 grid to --out, an array to --save-npy, or both (one of them is required for images).
@@ -10,15 +10,19 @@ grid to --out, an array to --save-npy, or both (one of them is required for imag
 marks a position to fill; a shorter text leaves the rest free).
 --corrupt draws x_t ~ q(x_t | x_0) at t = round(F * T) from the encoded text and denoises it
 back from t, printing original / corrupted / reconstructed. EMA weights are used when present.
+--sampler picks the step rule (ancestral, first_hitting, remdm, remdm:eta=0.05, tau_leaping,
+confidence; see `discrete_diffusion.sampling`); --stats writes JSON {"sampler", "steps",
+"nfe_per_sample", "seconds"}, the network passes counted as rows given to the model per sample.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 PROGRESSIVE_FRACTIONS = [i / 10 for i in range(10, -1, -1)]  # t = T, 0.9T, ..., 0
 
@@ -38,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-npy", type=Path, metavar="FILE",
                    help="also save the samples as an int array [N, ...] (.npy), e.g. for "
                         "`d3pm figures fid --samples FILE`")
+    p.add_argument("--sampler", default="ancestral", metavar="NAME",
+                   help="step rule: ancestral (default), first_hitting, remdm[:eta=E], "
+                        "tau_leaping, confidence")
+    p.add_argument("--stats", type=Path, metavar="FILE",
+                   help="write JSON {sampler, steps, nfe_per_sample, seconds}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=run)
 
@@ -76,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if args.corrupt is not None:
         return _reconstruct(args, trained, codec, gen)
     fixed = _infill(args.infill, codec, trained.info.example_shape) if args.infill else None
-    out = trained.method.sample(trained.model, args.num, steps=args.steps, generator=gen,
-                                fixed=fixed, trajectory=args.progressive)
+    out = _counted(args, trained, lambda model: trained.method.sample(
+        model, args.num, steps=args.steps, generator=gen, fixed=fixed,
+        trajectory=args.progressive, sampler=args.sampler))
     if args.progressive:
         x, path = out
         text = write_trajectory(codec, _pick(path, trained.method.num_steps), out=args.out)
@@ -93,6 +103,40 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0
+
+
+class _RowCounter(nn.Module):
+    """The model, counting the rows (sequences) given to it: network passes per sample."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x: Tensor, *args: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        return self.model(x, *args)
+
+
+def _counted(args: argparse.Namespace, trained, draw):
+    """draw(model) with the model's rows counted and the wall clock read (CUDA synchronised);
+    writes --stats when asked."""
+    model = _RowCounter(trained.model)
+    device = next(trained.model.parameters()).device
+    start = time.perf_counter()
+    out = draw(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if args.stats is not None:
+        from discrete_diffusion.files import atomic_write_json
+
+        steps = args.steps if args.steps is not None else trained.method.num_steps
+        args.stats.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.stats, {"sampler": args.sampler, "steps": steps,
+                                       "nfe_per_sample": model.rows / args.num,
+                                       "seconds": seconds}, indent=1)
+        print(f"wrote {args.stats}")
+    return out
 
 
 def _save_npy(x: Tensor, path: Path) -> None:
@@ -144,8 +188,8 @@ def _reconstruct(args, trained, codec, gen) -> int:
     x_0 = x_0.to(gen.device).expand(args.num, -1)
     t = round(args.noise_level * method.num_steps)
     x_t = method.corrupt(x_0, t, generator=gen)
-    x_rec = method.sample(trained.model, args.num, steps=args.steps, generator=gen,
-                          start=(t, x_t))
+    x_rec = _counted(args, trained, lambda model: method.sample(
+        model, args.num, steps=args.steps, generator=gen, start=(t, x_t), sampler=args.sampler))
     shown = x_t.cpu()  # codecs show an added mask token as "_"
     print(f"original:\n{codec.render(x_0[:1].cpu())}")
     print(f"corrupted (t = {t} of {method.num_steps}):\n{codec.render(shown)}")

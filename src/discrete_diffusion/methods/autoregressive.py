@@ -72,11 +72,13 @@ class AutoregressiveMethod:
     def sample(self, model: nn.Module, num: int, steps: int | None = None,
                generator: torch.Generator | None = None,
                fixed: tuple[Tensor, Tensor] | None = None,
-               trajectory: bool = False) -> Tensor | tuple[Tensor, list]:
+               trajectory: bool = False,
+               sampler: str = "ancestral") -> Tensor | tuple[Tensor, list]:
         """Ancestral sampling left to right: L forward passes.
 
         Args:
             num: number of sequences B.
+            sampler: only "ancestral" (the diffusion samplers do not apply).
             fixed: optional (held BoolTensor [L] or [B, L], values LongTensor same shape):
                 held positions take the given value instead of a sample (later positions
                 condition on them; earlier ones cannot, the model being causal).
@@ -84,6 +86,9 @@ class AutoregressiveMethod:
         Returns:
             LongTensor [B, L] (and the trajectory list).
         """
+        if sampler != "ancestral":
+            raise ValueError(f"the autoregressive method samples only with sampler 'ancestral', "
+                             f"got {sampler!r}")
         device = next(model.parameters()).device
         length = self.num_steps
         x = torch.full((num, length), self.bos, dtype=torch.long, device=device)

@@ -37,9 +37,11 @@ class Method(Protocol):
     def sample(self, model: nn.Module, num: int, steps: int | None = None,
                generator: torch.Generator | None = None,
                fixed: tuple[Tensor, Tensor] | None = None,
-               trajectory: bool = False) -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
+               trajectory: bool = False,
+               sampler: str = "ancestral") -> Tensor | tuple[Tensor, list[tuple[int, Tensor]]]:
         """`num` examples LongTensor [num, *example_shape]; `fixed` = (bool mask, values) holds
-        positions; with `trajectory`, also [(t, x_t), ...] from t = T down to 0."""
+        positions; with `trajectory`, also [(t, x_t), ...] from t = T down to 0. `sampler`
+        names the step rule ("ancestral", or one of `sampling.STEP_RULES` for diffusion)."""
         ...
 
     def to(self, device: torch.device | str) -> Method:

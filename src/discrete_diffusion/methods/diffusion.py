@@ -290,10 +290,12 @@ class DiffusionMethod:
     def sample(self, model: nn.Module, num: int, steps: int | None = None,
                generator: torch.Generator | None = None,
                fixed: tuple[Tensor, Tensor] | None = None, trajectory: bool = False,
-               start: tuple[int, Tensor] | None = None):
-        """Ancestral samples [num, *example_shape] (see `Method.sample`), by `D3PM.sample`.
+               start: tuple[int, Tensor] | None = None, sampler: str = "ancestral"):
+        """Samples [num, *example_shape] (see `Method.sample`), by `D3PM.sample`.
 
         Args:
+            sampler: a name of `sampling.STEP_RULES`, with options as "remdm:eta=0.05"
+                (default "ancestral"; see `discrete_diffusion.sampling`).
             fixed: (bool mask, values), each [*example_shape] or [num, *example_shape]: held
                 positions (infilling).
             start: (t, x_t [num, ...]) to denoise from step t instead of from x_T ~ p(x_T)
@@ -307,7 +309,7 @@ class DiffusionMethod:
             fixed = (fixed[0].to(device).expand(shape), fixed[1].to(device).expand(shape))
         return self.process.sample(as_denoiser(model, self.excluded), shape,
                                    generator=generator, fixed=fixed, return_trajectory=trajectory,
-                                   steps=steps, device=device, start=start)
+                                   steps=steps, device=device, start=start, sampler=sampler)
 
 
 def build(cfg: Config, info: DataInfo) -> DiffusionMethod:
