@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import gumbel_max, log1mexp, uniform_noise
+from discrete_diffusion.transitions._common import per_example
 from discrete_diffusion.transitions.absorbing import Absorbing
 from discrete_diffusion.transitions.uniform import Uniform
 
@@ -57,11 +58,6 @@ def _alphabars(process: D3PM, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     zero = torch.zeros_like(t)
     keep = process.transition.keep_probability
     return keep(zero, s), keep(zero, t)
-
-
-def _per_example(c: Tensor, x: Tensor) -> Tensor:
-    """A per-example [B] tensor viewed to broadcast against x [B, ...]."""
-    return c.view(-1, *([1] * (x.dim() - 1)))
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -104,7 +100,7 @@ def unmask_proposed(
         out[prop] = process.log_p_posterior(log_x0, x_r, s_r, t_r).argmax(-1)[prop]
     else:
         p_m = log_x0[..., m].double().exp()
-        a_t = _per_example(_alphabars(process, s_r, t_r)[1], x_r)
+        a_t = per_example(_alphabars(process, s_r, t_r)[1], x_r.dim())
         reject = torch.where(p_m > 0, p_m / (1.0 - a_t + a_t * p_m).clamp(min=1e-300), 0.0)
         take = prop & (uniform_noise(x_r.shape, x_r.device, generator) >= reject)
         off_mask = log_x0[take].index_fill(-1, torch.tensor([m], device=x_r.device), -math.inf)
@@ -138,7 +134,7 @@ def first_hitting_step(
     """
     tr = _absorbing(process, "first_hitting")
     a_s, a_t = _alphabars(process, s, t)
-    unmask = _per_example(_ratio(a_s - a_t, 1.0 - a_t), x_t)
+    unmask = per_example(_ratio(a_s - a_t, 1.0 - a_t), x_t.dim())
     u = uniform_noise(x_t.shape, x_t.device, generator)
     propose = (x_t == tr.mask_index) & (u < unmask)
     return unmask_proposed(process, denoiser, x_t, s, t, propose, generator, argmax)
@@ -187,8 +183,8 @@ def remdm_step(
     unmask = remdm_unmask_probability(process, s, t, sigma)
     masked = x_t == tr.mask_index
     u = uniform_noise(x_t.shape, x_t.device, generator)  # one draw: the two sets are disjoint
-    remask = ~masked & (u < _per_example(sigma, x_t))
-    propose = masked & (u < _per_example(unmask, x_t))
+    remask = ~masked & (u < per_example(sigma, x_t.dim()))
+    propose = masked & (u < per_example(unmask, x_t.dim()))
     x_s = unmask_proposed(process, denoiser, x_t, s, t, propose, generator, argmax)
     return x_s.masked_fill(remask, tr.mask_index)
 
@@ -198,15 +194,15 @@ def remdm_log_probs(process: D3PM, log_x0: Tensor, x_t: Tensor, s: Tensor, t: Te
     """The law of one `remdm_step` per position, log p(x_s | x_t), float64 [B, ..., K], from
     normalised log p~ float [B, ..., K] (for tests and analysis; the step never builds it)."""
     m = _absorbing(process, "remdm").mask_index
-    a_t = _per_example(_alphabars(process, s, t)[1], x_t)
+    a_t = per_example(_alphabars(process, s, t)[1], x_t.dim())
     sigma = remdm_sigma(process, s, t, eta)
-    c = _per_example(remdm_unmask_probability(process, s, t, sigma), x_t)
+    c = per_example(remdm_unmask_probability(process, s, t, sigma), x_t.dim())
     p = log_x0.double().exp()
     p_m = p[..., m]
     accept = torch.where(p_m > 0, 1.0 - p_m / (1.0 - a_t + a_t * p_m).clamp(min=1e-300), 1.0)
     off = (c * accept / (1.0 - p_m).clamp(min=1e-300))[..., None] * p
     off[..., m] = 1.0 - c * accept  # stays masked
-    sig = _per_example(sigma, x_t)[..., None]
+    sig = per_example(sigma, x_t.dim())[..., None]
     kept = torch.zeros_like(p).scatter(-1, x_t[..., None], 1.0) * (1.0 - sig)
     kept[..., m] += sig[..., 0]  # remasked
     return torch.where((x_t == m)[..., None], off, kept).log()
@@ -245,7 +241,7 @@ def tau_leaping_log_probs(
     a_s, a_t = _alphabars(process, s, t)
     exact = (s == 0) | (a_t <= 0) | (a_t >= 1)
     a_s, a_t = (torch.where(exact, 0.5, a) for a in (a_s, a_t))  # finite stand-ins
-    lam = _per_example((a_s.log() - a_t.log()).clamp(min=0.0), x_t)[..., None]
+    lam = per_example((a_s.log() - a_t.log()).clamp(min=0.0), x_t.dim())[..., None]
     log_x0 = log_x0.double()
     # log (p~ Qbar_t), at the stand-in times where the step is exact (discarded there)
     t_rates = torch.where(exact, torch.ones_like(t), t)
@@ -263,7 +259,7 @@ def tau_leaping_log_probs(
     out = log_move.scatter(-1, x_t[..., None], -total)
     if bool(exact.any()):
         ancestral = process.log_p_posterior(log_x0, x_t, s, t).double()
-        out = torch.where(_per_example(exact, x_t)[..., None], ancestral, out)
+        out = torch.where(per_example(exact, x_t.dim())[..., None], ancestral, out)
     return out
 
 
