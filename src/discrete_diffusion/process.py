@@ -19,9 +19,7 @@ tiny processes through `D3PM(..., fused=True)` and `fused=False`):
     sample_cumulative(x_0, t, generator) -> LongTensor        x_t ~ q(x_t | x_0)
     log_q_posterior(x_0, x_t, s, t) -> [B, ..., K]           normalised eq. (3), integer x_0
     log_p_posterior(log_x0, x_t, s, t) -> [B, ..., K]        normalised eq. (4) from log p~
-    posterior_kl(x_0, x_t, log_x0, s, t, nll=None) -> [B, ...]
-                                                             KL(q || p) per position; nll,
-                                                             -log p~(x_0 | x_t) if known
+    posterior_kl(x_0, x_t, log_x0, s, t, nll=None) -> [B, ...]  KL(q || p) per position
 `Uniform`, `Absorbing` and `MaskUniform` define all four, each in O(K) per token with one
 K-wide pass (two for MaskUniform's KL) besides the denoiser's log-softmax. Range checks that
 depend only on the schedule are made at setup: the fused loss term of Uniform and Absorbing has

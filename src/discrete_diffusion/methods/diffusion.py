@@ -221,7 +221,8 @@ def as_denoiser(
     `excluded` (an added mask token, never a value of x_0: `DiffusionMethod.excluded`) is set
     to NO_MASS: by the network itself when its forward takes `pinned=(class, value)` (the
     transformer's head then gives that class a zero weight row and the bias NO_MASS, the same
-    logits without a copy of the K-wide output and of its gradient), else by a fill here.
+    logits without a copy of the K-wide output and of its gradient; under bf16 autocast the
+    pinned value is NO_MASS rounded to bf16, no mass either way), else by a fill here.
 
     Args:
         model: `model(x_t, t) -> logits [B, ..., K]`, x_t LongTensor [B, ...], t LongTensor [B].
