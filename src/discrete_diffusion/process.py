@@ -19,7 +19,7 @@ tiny processes through `D3PM(..., fused=True)` and `fused=False`):
     sample_cumulative(x_0, t, generator) -> LongTensor        x_t ~ q(x_t | x_0)
     log_q_posterior(x_0, x_t, s, t) -> [B, ..., K]           normalised eq. (3), integer x_0
     log_p_posterior(log_x0, x_t, s, t) -> [B, ..., K]        normalised eq. (4) from log p~
-    posterior_kl(x_0, x_t, log_x0, s, t) -> [B, ...]         KL(q || p) per position
+    posterior_kl(x_0, x_t, log_x0, s, t, nll=None) -> [B, ...]  KL(q || p) per position
 `Uniform`, `Absorbing` and `MaskUniform` define all four, each in O(K) per token with one
 K-wide pass (two for MaskUniform's KL) besides the denoiser's log-softmax. Range checks that
 depend only on the schedule are made at setup: the fused loss term of Uniform and Absorbing has
@@ -274,8 +274,9 @@ class D3PM:
         t = times.draw_times(self.num_steps, x_0.shape[0], x_0.device, generator, time_sampling)
         x_t = self._q_sample(x_0, t, generator)
         log_x0 = log_normalise(self.denoise(denoiser, x_t, t))
-        vb = _sum_positions(self._vb_term(log_x0, x_0, x_t, t - 1, t))
-        ce = _sum_positions(cross_entropy(log_x0, x_0))
+        nll = cross_entropy(log_x0, x_0)  # one gather (and one K-wide gradient) for both terms
+        vb = _sum_positions(self._vb_term(log_x0, x_0, x_t, t - 1, t, nll))
+        ce = _sum_positions(nll)
         out = {"vb": vb, "ce": ce, "t": t}
         hybrid = vb if hybrid_lambda == 0 else vb + hybrid_lambda * ce  # exact at 0 (inf ce)
         out["loss"] = {"hybrid": hybrid, "vb": vb, "ce": ce}[loss]
@@ -306,11 +307,13 @@ class D3PM:
         checks.check_logits(x0_logits, x_t, self.num_classes)
         return self._vb_term(log_normalise(x0_logits), x_0, x_t, s, t)
 
-    def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def _vb_term(self, log_x0: Tensor, x_0: Tensor, x_t: Tensor, s: Tensor, t: Tensor,
+                 nll: Tensor | None = None) -> Tensor:
         """Per position: KL(q(x_s | x_t, x_0) || p(x_s | x_t)), and -log p(x_0 | x_t) where
-        s = 0 (the posterior is then a point mass on x_0 and the KL equals it anyway)."""
+        s = 0 (the posterior is then a point mass on x_0 and the KL equals it anyway). `nll`,
+        -log p~(x_0 | x_t) when the caller has it, is reused by the fused term."""
         if self._posterior_kl is not None:
-            return self._posterior_kl(x_0, x_t, log_x0, s, t)
+            return self._posterior_kl(x_0, x_t, log_x0, s, t, nll=nll)
         log_p = self.log_p_posterior(log_x0, x_t, s, t)
         decoder = cross_entropy(log_p, x_0)
         if bool((s == 0).all()):

@@ -9,6 +9,7 @@ p~(x_0 | x_t) gives it no mass (its logit is replaced by NO_MASS before the proc
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,7 +186,8 @@ def build_process(cfg: Config, info: DataInfo) -> tuple[dd.D3PM, int | None]:
     if opts.kind == "uniform":
         tr = _transition_class("Uniform")(num_classes=k)
     elif opts.kind == "absorbing":
-        tr = _transition_class("Absorbing")(num_classes=k, mask_index=mask)
+        tr = _transition_class("Absorbing")(num_classes=k, mask_index=mask,
+                                            added_mask=mask == k_data)
     elif opts.kind == "gaussian":
         tr = _transition_class("DiscretizedGaussian")(num_classes=k, bands=opts.bands)
     elif opts.kind == "mask_uniform":
@@ -217,7 +219,10 @@ def as_denoiser(
 
     The logits are cast to float32 (bf16 autocast gives bf16), and the logit of class
     `excluded` (an added mask token, never a value of x_0: `DiffusionMethod.excluded`) is set
-    to NO_MASS.
+    to NO_MASS: by the network itself when its forward takes `pinned=(class, value)` (the
+    transformer's head then gives that class a zero weight row and the bias NO_MASS, the same
+    logits without a copy of the K-wide output and of its gradient; under bf16 autocast the
+    pinned value is NO_MASS rounded to bf16, no mass either way), else by a fill here.
 
     Args:
         model: `model(x_t, t) -> logits [B, ..., K]`, x_t LongTensor [B, ...], t LongTensor [B].
@@ -225,6 +230,11 @@ def as_denoiser(
     Returns:
         `denoiser(x_t, t) -> float32 [B, ..., K]`.
     """
+    if excluded is not None and _takes_pinned(model):
+        def pinned(x_t: Tensor, t: Tensor) -> Tensor:
+            return model(x_t, t, pinned=(excluded, NO_MASS)).float()
+        return pinned
+
     def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
         logits = model(x_t, t).float()
         if excluded is not None:
@@ -232,6 +242,19 @@ def as_denoiser(
                                        NO_MASS)
         return logits
     return denoiser
+
+
+def _takes_pinned(model: nn.Module) -> bool:
+    """Whether the network (inside a DistributedDataParallel or torch.compile wrapper) takes
+    the keyword `pinned` in its forward."""
+    inner = model
+    for attr in ("_orig_mod", "module"):  # torch.compile, then DistributedDataParallel
+        if isinstance(getattr(inner, attr, None), nn.Module):
+            inner = getattr(inner, attr)
+    try:
+        return "pinned" in inspect.signature(getattr(inner, "forward", inner)).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -151,18 +151,30 @@ class TransformerTrunk(nn.Module):
             return self.token(x)
         return self.token(x) + self.position(torch.arange(n, device=x.device))[None]
 
-    def decode(self, h: Tensor) -> Tensor:
-        """Hidden states [B, L, d] -> logits [B, L, K] through the blocks and head."""
+    def decode(self, h: Tensor, pinned: tuple[int, float] | None = None) -> Tensor:
+        """Hidden states [B, L, d] -> logits [B, L, K] through the blocks and head.
+
+        pinned: optional (class c, value v): logit c is v at every position, by a zero weight
+            row and bias v in the head (exactly v, and no gradient reaches the head's row c
+            or the hidden states through it), which costs a copy of the [K, d] weight rather
+            than of the [B, L, K] logits and their gradient.
+        """
         h = self.drop(h)
         for blk in self.blocks:
             h = blk(h)
-        return self.head(self.norm(h))
+        h = self.norm(h)
+        if pinned is None:
+            return self.head(h)
+        row = torch.tensor([pinned[0]], device=h.device)
+        weight = self.head.weight.index_fill(0, row, 0.0)
+        return F.linear(h, weight, self.head.bias.index_fill(0, row, pinned[1]))
 
 
 class TransformerDenoiser(nn.Module):
     """p~(x_0 | x_t): bidirectional transformer with a learned timestep embedding.
 
-    forward(x_t LongTensor [B, L], t LongTensor [B] in 1..T) -> logits float [B, L, K].
+    forward(x_t LongTensor [B, L], t LongTensor [B] in 1..T, pinned=None) -> logits float
+    [B, L, K]; `pinned` = (class, value) fixes one logit (see `TransformerTrunk.decode`).
     """
 
     def __init__(self, cfg: Config, num_classes: int, num_steps: int, max_len: int) -> None:
@@ -172,9 +184,9 @@ class TransformerDenoiser(nn.Module):
         self.time = nn.Embedding(num_steps + 1, cfg.d_model)  # rows 0..T, t = T is its own row
         nn.init.normal_(self.time.weight, std=0.02)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, pinned: tuple[int, float] | None = None) -> Tensor:
         h = self.trunk.embed(x_t) + self.time(t)[:, None, :]
-        return self.trunk.decode(h)
+        return self.trunk.decode(h, pinned)
 
 
 def sequence_length(cfg: Config, info) -> int:

@@ -162,6 +162,55 @@ def softplus_shifted(log_p: Tensor, offset: Tensor, bounded: bool) -> Tensor:
     return log_p.exp().mul_(scale).log1p_()
 
 
+class _SoftplusSum(torch.autograd.Function):
+    """sum_j softplus(x_j), x = log_p + offset, over the last dimension, and entries of log_p
+    picked at `index`. Autograd through exp, scale, log1p, sum and a gather keeps four K-wide
+    tensors and makes five more in the backward pass (a gather's gradient is a K-wide tensor
+    of zeros); this keeps x and turns it into the derivative sigmoid(x) in place in the
+    backward pass, adding the picked entries' gradients into it. (sigmoid is several times
+    cheaper than log1p or expm1 on CPU.) A second backward pass through the same graph is
+    refused, since the saved x has changed."""
+
+    @staticmethod
+    def forward(ctx, log_p: Tensor, offset: Tensor, index: Tensor,
+                bounded: bool) -> tuple[Tensor, Tensor]:
+        x = log_p + offset
+        if bounded:  # e^x <= e^EXP_SAFE: finite
+            total = x.exp().log1p_().sum(-1)
+        else:  # arguments below -80 add under 2e-35
+            total = torch.nn.functional.softplus(x.clamp_(min=-EXP_SAFE)).sum(-1)
+        ctx.save_for_backward(x, offset, index)
+        return total, log_p.gather(-1, index)
+
+    @staticmethod
+    def backward(ctx, grad_sum: Tensor, grad_picked: Tensor):
+        x, offset, index = ctx.saved_tensors
+        g = x.sigmoid_().mul_(grad_sum.unsqueeze(-1))
+        g_offset = None
+        if ctx.needs_input_grad[1]:
+            g_offset = g.sum(-1, keepdim=True).sum_to_size(offset.shape)
+        g.scatter_add_(-1, index, grad_picked)
+        return (g if ctx.needs_input_grad[0] else None), g_offset, None, None
+
+
+def softplus_sum(log_p: Tensor, offset: Tensor, bounded: bool,
+                 index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """sum_j log(1 + exp(log_p_j + offset)) over the last dimension, for log_p <= 0 (the sum
+    of `softplus_shifted`), and log_p.gather(-1, index), with one K-wide temporary in the
+    forward pass and none in the backward pass (an autograd function).
+
+    Args:
+        log_p: float [..., K], log probabilities.
+        offset: float [..., 1] (may be -inf); `bounded` promises offset <= EXP_SAFE.
+        index: LongTensor [..., n], the entries to pick (none if None).
+    Returns:
+        float [...], and float [..., n].
+    """
+    if index is None:
+        index = torch.zeros((*log_p.shape[:-1], 0), dtype=torch.long, device=log_p.device)
+    return _SoftplusSum.apply(log_p, offset, index, bounded)
+
+
 def sum_softplus(log_p: Tensor, log_scale: Tensor) -> Tensor:
     """sum_j log(1 + e^log_scale p_j) over the last dimension, for log_p <= 0.
 
@@ -177,7 +226,7 @@ def sum_softplus(log_p: Tensor, log_scale: Tensor) -> Tensor:
     big = log_scale > EXP_SAFE
     scale = log_scale.clamp(max=EXP_SAFE).exp().unsqueeze(-1)
     if torch.is_grad_enabled() and (log_p.requires_grad or log_scale.requires_grad):
-        out = torch.log1p(log_p.exp() * scale).sum(-1)
+        out = softplus_sum(log_p, log_scale.clamp(max=EXP_SAFE).unsqueeze(-1), True)[0]
     else:
         out = log_p.exp().mul_(scale).log1p_().sum(-1)
     if bool(big.any()):  # rare

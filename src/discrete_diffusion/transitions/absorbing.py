@@ -4,6 +4,21 @@ A token is kept with probability 1 - beta_t and otherwise jumps to the mask stat
 never leaves. Spans have the same form, Q_{s->t} = r I + (1 - r) 1 e_m^T with
 r = prod_{u=s+1..t} (1 - beta_u), and Qbar_t = Q_{0->t}. The mask is one of the K states: an
 extra token K-1 added by the caller for text, the grey value 128 for images.
+
+With an added mask (never a value of x_0, and given no mass by p~(x_0 | x_t)) the loss term
+of eq. (4) is a weighted masked cross-entropy (MD4's discrete-time loss): for s < t,
+
+    L_{t->s} = [x_t = m] (alphabar_s - alphabar_t) / (1 - alphabar_t) (-log p~(x_0 | x_t)).
+
+Proof: for x_t != m both posteriors are a point mass on x_t. For x_t = m, q(x_s | x_t, x_0)
+puts (alphabar_s - alphabar_t) / Z on x_0 and (1 - alphabar_s) / Z on m, Z = 1 - alphabar_t;
+p(x_s | x_t) puts (alphabar_s - alphabar_t) p~_j / Z' on each j != m and
+(alphabar_s p~_m + 1 - alphabar_s) / Z' on m, Z' = Z + alphabar_t p~_m. With p~_m = 0,
+Z' = Z, the two agree at m and differ at x_0 by the factor p~_{x_0}: the KL is
+q(x_0) (-log p~_{x_0}). At s = 0 (alphabar_0 = 1) the weight is 1 and the term is the decoder
+-log p(x_0 | x_t) = -log p~(x_0 | x_t), as the posterior is then a point mass on x_0; a step
+with beta = 1 only makes alphabar_t = 0 (weight alphabar_s); where alphabar_t = 1 no token is
+masked and the weight is set to 0.
 """
 
 from __future__ import annotations
@@ -11,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discrete_diffusion.categorical import log1mexp, uniform_noise
+from discrete_diffusion.categorical import cross_entropy, log1mexp, uniform_noise
 from discrete_diffusion.transitions._common import (
     NEG_INF,
     check_mask_index,
@@ -30,15 +45,24 @@ class Absorbing(KeepTransition):
     Args:
         num_classes: K >= 2, the mask included.
         mask_index: the absorbing state m, 0 <= m < K.
+        added_mask: the mask is a token added to the data vocabulary: never a value of x_0,
+            and p~(x_0 | x_t) gives it no mass (the caller pins its logit far below the
+            others). `posterior_kl` is then the weighted masked cross-entropy of the module
+            docstring, which holds only under that promise. False for a mask that is a data
+            value (images: grey 128).
     """
 
-    def __init__(self, num_classes: int, mask_index: int) -> None:
+    def __init__(self, num_classes: int, mask_index: int, added_mask: bool = False) -> None:
         super().__init__(num_classes)
         check_mask_index(mask_index, num_classes)
+        if not isinstance(added_mask, bool):
+            raise ValueError(f"added_mask must be a bool, got {added_mask!r}")
         self.mask_index = mask_index
+        self.added_mask = added_mask
 
     def config(self) -> dict:
-        return {"num_classes": self.num_classes, "mask_index": self.mask_index}
+        return {"num_classes": self.num_classes, "mask_index": self.mask_index,
+                "added_mask": self.added_mask}
 
     # ----- dense views ----------------------------------------------------------------------
     def _dense(self, keep: float) -> Tensor:
@@ -130,19 +154,39 @@ class Absorbing(KeepTransition):
         idx = torch.where(masked, m, x_t).unsqueeze(-1)
         return out.scatter_(-1, idx, torch.where(masked, at_m - log_z, 0.0).unsqueeze(-1))
 
+    def masked_ce_weight(self, s: Tensor, t: Tensor) -> Tensor:
+        """(alphabar_s - alphabar_t) / (1 - alphabar_t) per example, float64 [B]: the weight
+        of -log p~(x_0 | x_t) at masked positions in the loss term of an added mask (module
+        docstring); 0 where alphabar_t = 1 (nothing is masked there)."""
+        log_1mr, log_a, log_1ma = self._log_span(s, t)[1], *self._log_span(None, s)
+        from_x0 = log_1mr + log_a  # log(alphabar_s - alphabar_t)
+        log_z = torch.logaddexp(from_x0, log_1ma)  # log(1 - alphabar_t)
+        return torch.where(torch.isneginf(log_z), NEG_INF, from_x0 - log_z).exp()
+
     def posterior_kl(
-        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor,
+        nll: Tensor | None = None,
     ) -> Tensor:
         """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...], in O(1) per
         token once log p~ is known (both distributions live on {x_0, m}).
 
-        At s = 0 the posterior is a point mass on x_0 and this is -log p(x_0 | x_t).
+        At s = 0 the posterior is a point mass on x_0 and this is -log p(x_0 | x_t). With an
+        added mask it is the weighted masked cross-entropy of the module docstring, which
+        reads no entry of log p~ but x_0's (none at all when `nll` is given).
 
         Args:
             x_0, x_t: LongTensor [B, ...].
             log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
             s, t: LongTensor [B], 0 <= s < t.
+            nll: optional float [B, ...], the caller's -log p~(x_0 | x_t) (`cross_entropy`
+                of log_x0): reusing it saves a gather and its K-wide gradient.
         """
+        if self.added_mask:
+            if nll is None:
+                nll = cross_entropy(log_x0, x_0)
+            weight = per_example(self.masked_ce_weight(s, t), x_t.dim(), nll.dtype)
+            return torch.where(x_t == self.mask_index, weight * nll,
+                               torch.zeros((), dtype=nll.dtype, device=nll.device))
         log_r, log_1mr = self._log_span(s, t)
         log_a, log_1ma = self._log_span(None, s)
         m, n, dtype = self.mask_index, x_t.dim(), log_x0.dtype

@@ -317,7 +317,8 @@ class MaskUniform(Transition):
 
     # ----- fused bound term (optional hook of D3PM) -----------------------------------------
     def posterior_kl(
-        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor,
+        nll: Tensor | None = None,
     ) -> Tensor:
         """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position (eq. 3 against eq. 4), float
         [B, ...] in the dtype of `log_x0`; at s = 0 it is -log p(x_0 | x_t). One K-wide
@@ -327,9 +328,11 @@ class MaskUniform(Transition):
             x_0, x_t: LongTensor [B, ...].
             log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
             s, t: LongTensor [B], 0 <= s < t.
+            nll: the caller's -log p~(x_0 | x_t), accepted for the common signature and not
+                used (one gather of the three entries needed costs less).
         """
         return mask_uniform_kl(x_0, x_t, log_x0, self._span_logs(s, t),
-                               self._cumulative_logs(s), self.mask_index)
+                               self._cumulative_logs(s), self.mask_index, nll)
 
     def sample_cumulative(
         self, x_0: Tensor, t: Tensor, generator: torch.Generator | None = None

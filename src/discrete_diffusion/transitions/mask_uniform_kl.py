@@ -85,6 +85,7 @@ def mask_uniform_kl(
     span: SpanLogs,
     cum: SpanLogs,
     mask_index: int,
+    nll: Tensor | None = None,
 ) -> Tensor:
     """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...] in the dtype of
     `log_x0`; at s = 0 it is -log p(x_0 | x_t).
@@ -94,6 +95,7 @@ def mask_uniform_kl(
         log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
         span: the coefficients of Q_{s->t}; cum: those of Qbar_s; each five float64 [B].
         mask_index: m.
+        nll: the caller's -log p~(x_0 | x_t), accepted for the common signature, not used.
     """
     f64, nd, m = torch.float64, x_t.dim(), mask_index
     is_m = x_t == m
@@ -102,9 +104,10 @@ def mask_uniform_kl(
     num_real = log_x0.shape[-1] - 1
     coef = KLCoefficients(*kl_coefficients(span, cum, num_real)[batch, case].unbind(-1))
     span, cum = span.broadcast(nd, f64), cum.broadcast(nd, f64)  # [B, 1, ..., 1] from here
-    lp_m = log_x0[..., m]
-    lp_0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
-    lp_t = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
+    # one gather for the entries at x_0, x_t and m: each gather's gradient is a K-wide tensor
+    # (so `nll` is not used: with it, two gathers would remain)
+    picks = torch.stack([x_0, x_t, torch.full_like(x_t, m)], -1)
+    lp_0, lp_t, lp_m = log_x0.gather(-1, picks).unbind(-1)
     log_real = log_mass_off(log_x0, lp_m, m).to(f64)  # log P
     lp_m, lp_0, lp_t = (v.to(f64) for v in (lp_m, lp_0, lp_t))
     # the p~ side in log space: p~ of a few 1e-4 nats underflows float64 probabilities

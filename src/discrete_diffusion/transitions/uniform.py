@@ -13,7 +13,12 @@ import torch
 from torch import Tensor
 
 from discrete_diffusion.categorical import uniform_noise
-from discrete_diffusion.transitions._common import EXP_SAFE, per_example, softplus_shifted
+from discrete_diffusion.transitions._common import (
+    EXP_SAFE,
+    per_example,
+    softplus_shifted,
+    softplus_sum,
+)
 from discrete_diffusion.transitions.keep import KeepTransition
 
 __all__ = ["Uniform"]
@@ -135,7 +140,8 @@ class Uniform(KeepTransition):
         return out.scatter_(-1, idx, (v_xt + log_span_diag - log_z).unsqueeze(-1))
 
     def posterior_kl(
-        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor
+        self, x_0: Tensor, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor,
+        nll: Tensor | None = None,
     ) -> Tensor:
         """KL(q(x_s | x_t, x_0) || p(x_s | x_t)) per position, float [B, ...], with one K-wide
         pass (exp, scale, log1p, sum) and O(1) further work per token.
@@ -156,6 +162,8 @@ class Uniform(KeepTransition):
             x_0, x_t: LongTensor [B, ...].
             log_x0: float [B, ..., K], normalised log p~(x_0 | x_t).
             s, t: LongTensor [B], 0 <= s < t.
+            nll: the caller's -log p~(x_0 | x_t), accepted for the common signature and not
+                used (the entries of log p~ come with the K-wide pass).
         """
         log_r, log_span_off, log_span_diag = self._log_coefficients(s, t)
         log_a, log_cum_off, log_cum_diag = self._log_coefficients(None, s)
@@ -173,9 +181,11 @@ class Uniform(KeepTransition):
         const, q_b, d_x0, d_xt = (torch.where(same, per_example(v[:, 1], n, dtype),
                                               per_example(v[:, 0], n, dtype))
                                   for v in (const, q_b, d_x0, d_xt))
-        lp_x0 = log_x0.gather(-1, x_0.unsqueeze(-1)).squeeze(-1)
-        lp_xt = log_x0.gather(-1, x_t.unsqueeze(-1)).squeeze(-1)
-        w_all = softplus_shifted(log_x0, offset.unsqueeze(-1), self.exp_safe_offsets).sum(-1)
+        # the entries at x_0 and x_t come with the K-wide sum, whose backward pass adds their
+        # gradients in place (`nll` is not used: a separate gather would cost more)
+        w_all, picked = softplus_sum(log_x0, offset.unsqueeze(-1), self.exp_safe_offsets,
+                                     torch.stack([x_0, x_t], -1))
+        lp_x0, lp_xt = picked.unbind(-1)
         w_x0 = torch.nn.functional.softplus(lp_x0 + offset)
         w_xt = torch.nn.functional.softplus(lp_xt + offset)
         v_xt = torch.logaddexp(lp_xt + log_a, log_cum_off)  # log (p~ Qbar_s)_{x_t}
