@@ -17,7 +17,14 @@ Table 2: `Transition.table_bytes()` and build time (process CPU seconds of `D3PM
 discretized Gaussian at K = 256 and the nearest-neighbour process at K = 8193 (random unit
 embeddings, d = 64, k = 5), T = 1000, beside the reference implementation's memory.
 
+Table 3: the discretized Gaussian at K = 256, T = 1000 with the whole cumulative table
+(checkpoint_every = 1) against every second matrix kept (the default there, m = 2): table
+memory, build time, the transition work of a training step (`training_losses(loss="vb")` with a
+denoiser returning fixed logits, image batch [B, 3, 16, 16], t uniform) and of a full T-step
+bound (`nll_bound`, same denoiser, one image [1, 3, 8, 8]).
+
     python benchmarks/bench_core.py [--repeats 15] [--skip-nn-8193] [--backward]
+    python benchmarks/bench_core.py --checkpoints-only --repeats 5   # table 3 alone
     python benchmarks/bench_core.py --profile uniform:256   # torch.profiler of one loss step
 """
 
@@ -188,6 +195,39 @@ def table_memory(skip_nn: bool) -> None:
         del proc
 
 
+def _gaussian_with(every: int) -> tuple[dd.D3PM, float]:
+    proc, cpu, _ = _build_cost(lambda: dd.D3PM(
+        dd.transitions.DiscretizedGaussian(num_classes=256, checkpoint_every=every),
+        dd.schedules.linear(T)))
+    return proc, cpu
+
+
+def table_checkpoints(repeats: int, batch: int = 8) -> None:
+    """Table 3: the whole Gaussian table (m = 1) against the default checkpoints (m = 2)."""
+    k = 256
+    print(f"\nTable 3: discretized Gaussian K = {k}, T = {T}, whole cumulative table against "
+          f"checkpoints (1 thread; training step: median of {repeats}, [{batch}, 3, 16, 16]; "
+          f"full bound: one run, [1, 3, 8, 8])")
+    print("| checkpoint_every | tables MB | build CPU s | training step ms | full bound s |")
+    print("|---:|---:|---:|---:|---:|")
+    g = torch.Generator().manual_seed(0)
+    x_0 = torch.randint(0, k, (batch, 3, 16, 16), generator=g)
+    logits = torch.randn(batch, 3, 16, 16, k, generator=g)
+    x_small = torch.randint(0, k, (1, 3, 8, 8), generator=g)
+    logits_small = torch.randn(1, 3, 8, 8, k, generator=g)
+    for every in (1, 2):
+        proc, build = _gaussian_with(every)
+        mb = proc.transition.table_bytes() / 1e6
+        step = lambda p=proc: training_step(p, x_0, logits, g)  # noqa: E731
+        steps = [_cpu_seconds(step, False) for _ in range(repeats + 1)][1:]
+        full = lambda p=proc: p.nll_bound(lambda x_t, t: logits_small, x_small)  # noqa: E731
+        with torch.no_grad():
+            bound = _cpu_seconds(full, False)
+        print(f"| {proc.transition.checkpoint_every} | {mb:,.0f} | {build:.1f} "
+              f"| {statistics.median(steps) * 1e3:.1f} | {bound:.1f} |", flush=True)
+        del proc
+
+
 def profile(spec: str, backward: bool) -> None:
     """Print the torch.profiler operator table of 10 loss steps of `name:K`."""
     from torch.profiler import ProfilerActivity
@@ -219,6 +259,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated process names of table 1")
     parser.add_argument("--no-memory", action="store_true", help="skip table 2")
     parser.add_argument("--memory-only", action="store_true", help="print table 2 alone")
+    parser.add_argument("--no-checkpoints", action="store_true", help="skip table 3")
+    parser.add_argument("--checkpoints-only", action="store_true", help="print table 3 alone")
     parser.add_argument("--profile", default="", metavar="NAME:K",
                         help="profile one loss step instead of printing the tables")
     args = parser.parse_args()
@@ -229,10 +271,15 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; times are process CPU seconds")
     names = set(args.only.split(",")) if args.only else None
+    if args.checkpoints_only:
+        table_checkpoints(args.repeats)
+        return
     if not args.memory_only:
         table_loss_step(args.repeats, args.backward, names)
     if not args.no_memory:
         table_memory(args.skip_nn_8193)
+    if not args.no_checkpoints and not args.memory_only:
+        table_checkpoints(args.repeats)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from discrete_diffusion import D3PM, schedules
 from discrete_diffusion.categorical import categorical_kl
 from discrete_diffusion.transitions import DiscretizedGaussian, Transition
+from discrete_diffusion.transitions.gaussian import default_checkpoint_every
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
@@ -145,3 +146,78 @@ def test_rejects_bad_arguments() -> None:
     tr.setup(torch.tensor([0.1], dtype=torch.float64))
     with pytest.raises(ValueError, match="t must be"):
         tr.transition_matrix(2)
+
+
+@pytest.mark.parametrize("bands", [None, 2])
+@pytest.mark.parametrize("every,cache", [(2, 0), (3, 2), (5, 16), (11, 1), (40, 4)])
+def test_checkpointed_cumulative_matrices_equal_the_full_table(
+    bands: int | None, every: int, cache: int
+) -> None:
+    """Keeping every m-th Qbar_t and rebuilding the rest loses nothing: each Qbar_t and each
+    operation that reads it equals the full-table (m = 1) version to 1e-12 in float64."""
+    k, steps = 7, 11
+    betas = schedules.linear(steps, 0.02, 0.9)
+    full = DiscretizedGaussian(k, bands=bands, checkpoint_every=1)
+    full.setup(betas)
+    part = DiscretizedGaussian(k, bands=bands, checkpoint_every=every,
+                               cumulative_cache_size=cache)
+    part.setup(betas)
+    assert part.checkpoint_every == min(every, steps)
+    assert part.checkpoints.shape == (steps // part.checkpoint_every + 1, k, k)
+    for t in [*range(steps + 1), 3, 1, 3]:  # repeated times read the cache
+        torch.testing.assert_close(part.cumulative_matrix(t), full.cumulative_matrix(t),
+                                   rtol=1e-12, atol=1e-300)
+    assert len(part.cumulative_cache) <= cache
+    gen = torch.Generator().manual_seed(every)
+    t = torch.tensor([0, 1, 2, 3, 5, 5, 7, 10, 11, 6])
+    x_0 = torch.randint(0, k, (len(t), 3, 2), generator=gen)
+    torch.testing.assert_close(part.log_cumulative(x_0, t), full.log_cumulative(x_0, t),
+                               rtol=0, atol=0)
+    log_x0 = torch.randn(len(t), 3, 2, k, generator=gen, dtype=torch.float64).log_softmax(-1)
+    torch.testing.assert_close(part.log_cumulative_soft(log_x0, t),
+                               full.log_cumulative_soft(log_x0, t), rtol=1e-12, atol=1e-12)
+    mats, index = part.cumulative_matrices(t)
+    for b, tb in enumerate(t.tolist()):
+        torch.testing.assert_close(mats[index[b]], full.cumulative_matrix(tb),
+                                   rtol=1e-12, atol=1e-300)
+    brute.assert_structured_matches_dense(part)
+
+
+def test_checkpointed_process_equals_dense() -> None:
+    tr = DiscretizedGaussian(5, bands=3, checkpoint_every=2, cumulative_cache_size=1)
+    check_process_against_dense(D3PM(tr, torch.tensor([0.05, 0.3, 1.0, 2.0, 0.7],
+                                                      dtype=torch.float64)))
+
+
+def test_checkpoint_table_bytes_and_default_spacing() -> None:
+    k, steps, bands = 16, 10, 3
+    tr = DiscretizedGaussian(k, bands=bands, checkpoint_every=3, cumulative_cache_size=2)
+    tr.setup(schedules.linear(steps, 0.01, 0.5))
+    profiles = 8 * (steps + steps * (bands + 1) + steps * k)
+    assert tr.table_bytes() == profiles + 8 * (steps // 3 + 1) * k * k
+    for t in (1, 2, 4):
+        tr.cumulative_matrix(t)
+    assert tr.table_bytes() == profiles + 8 * (steps // 3 + 1 + 2) * k * k  # cache: 2 kept
+    # the default m: the whole table for small K, every second matrix at K = 256, T = 1000
+    assert default_checkpoint_every(17, 250) == 1
+    assert default_checkpoint_every(256, 1000) == 2
+    assert default_checkpoint_every(256, 250) == 1
+    assert default_checkpoint_every(4096, 10, budget=1) == 10
+
+
+def test_tables_at_k256_t1000_fit_in_300_mb() -> None:
+    """The paper's CIFAR-10 setting: the full float64 table would be 525 MB."""
+    tr = DiscretizedGaussian(256)
+    tr.setup(schedules.linear(1000))
+    full_cache = tr.cumulative_cache_size * 256 * 256 * 8
+    assert tr.checkpoint_every == 2
+    assert tr.table_bytes() + full_cache < 300e6
+    torch.testing.assert_close(tr.cumulative_matrix(999).sum(-1),
+                               torch.ones(256, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_rejects_bad_checkpoint_options() -> None:
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        DiscretizedGaussian(5, checkpoint_every=0)
+    with pytest.raises(ValueError, match="cumulative_cache_size"):
+        DiscretizedGaussian(5, cumulative_cache_size=-1)

@@ -100,12 +100,36 @@ def test_image_presets_validate():
 
     presets = sorted(Path("configs").glob("cifar10-*.yaml")) + sorted(
         Path("configs").glob("digits-*.yaml"))
-    assert len(presets) == 12
+    assert len(presets) == 16
     for path in presets:
         config = config_from_dict(read_yaml(path))
         assert config.model_kind == "unet" and config.method_kind == "diffusion"
-        expected_steps = 1000 if path.name.startswith("cifar10") else 250
+        paper_scale = path.name.startswith("cifar10") and "cpu-small" not in path.name
+        expected_steps = 1000 if paper_scale else 250
         assert config.method.num_steps == expected_steps
         assert (config.model.head == "logistic") == ("logistic" in path.name)
-        hybrid = "hybrid" in path.name or "logistic" in path.name
+        hybrid = "hybrid" in path.name or "logistic" in path.name or (
+            "cpu-small" in path.name and path.name.startswith("cifar10")
+            and "uniform" not in path.name)
         assert (config.method.loss == "hybrid") == hybrid
+
+
+def test_cifar10_cpu_presets_follow_the_paper_rows():
+    """The CPU-sized CIFAR-10 presets: 16x16, T = 250, the paper's schedule and loss per
+    process with the schedules scaled by 1000 / T, and no data path (--data is required)."""
+    from discrete_diffusion.training.config import load_config
+
+    want = {"uniform": ("uniform", "cosine", "vb", 0.0),
+            "absorbing": ("absorbing", "jsd", "hybrid", 0.004),
+            "gauss": ("gaussian", "linear", "hybrid", 0.004),
+            "gauss-logistic": ("gaussian", "linear", "hybrid", 0.004)}
+    for name, (kind, schedule, loss, weight) in want.items():
+        config = load_config(f"configs/cifar10-{name}-cpu-small.yaml")
+        assert config.data_kind == "cifar10" and config.data.path == ""
+        assert config.data.resolution == 16 and config.method.num_steps == 250
+        method = config.method
+        assert (method.transition.kind, method.schedule, method.loss) == (kind, schedule, loss)
+        assert method.hybrid_lambda == weight
+        if kind == "gaussian":
+            assert (method.beta_start, method.beta_stop) == (4e-4, 0.08)
+        assert config.model.head == ("logistic" if "logistic" in name else "logits")

@@ -13,6 +13,12 @@ The batches of the tarball are Python pickles. They are read WITHOUT executing a
 a pickle that names anything else (os.system, builtins.eval, ...) is refused.
 Pixels stay integers 0..255 (K = 256), the absorbing state is grey 128, random horizontal flips
 in training as in the paper.
+
+`resolution` (data.resolution, default 32 = as published) gives a CPU-sized version of the same
+images: R x R (R = 16 or 8), each pixel the mean of an f x f block (f = 32 / R) rounded half
+up to the nearest of the 256 levels (`image_resolution.area_downsample`). R must divide 32; an
+image folder of another size S is shrunk by the same f, which must divide S. The source is then
+named e.g. "cifar10-16px" ("cifar10-jpeg-16px") and its arrays are cached per resolution.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 
 from discrete_diffusion.data.image_arrays import ImageArraySource
 from discrete_diffusion.data.image_cache import cached_array, file_key
+from discrete_diffusion.data.image_resolution import downsample_factor, shrunk
 from discrete_diffusion.data.images import load_split
 from discrete_diffusion.files import atomic_path
 
@@ -36,6 +43,7 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
+SIZE = 32
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -48,12 +56,17 @@ _ALLOWED = {
 @dataclass(frozen=True)
 class Config:
     """CIFAR-10 options: `path` (the CLI's --data overrides it), `flip` (random horizontal
-    flips in training, as in the paper) and `cache_dir` for decoded arrays ("" = the images/
-    folder of the data cache)."""
+    flips in training, as in the paper), `cache_dir` for decoded arrays ("" = the images/
+    folder of the data cache) and `resolution`, the side R of the images (32 = as published;
+    16 or 8: area-downsampled, see the module docstring)."""
 
     path: str = ""
     flip: bool = True
     cache_dir: str = ""
+    resolution: int = SIZE
+
+    def __post_init__(self) -> None:
+        downsample_factor(self.resolution, SIZE)  # a one-line error unless R divides 32
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -122,18 +135,24 @@ def build(cfg: Config, data_arg: str | None) -> ImageArraySource:
     path = Path(data_arg)
     if not path.exists():
         raise FileNotFoundError(f"no such CIFAR-10 file or folder: {path}")
+    factor = downsample_factor(cfg.resolution, SIZE)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     if not is_python_version(path):
-        splits = {s: load_split(path, s, cfg.cache_dir) for s in ("train", "test")}
-        return ImageArraySource("cifar10-jpeg", splits, 256, flip=cfg.flip,
-                                description="CIFAR-10 (JPEG q75 copy)")
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    splits = {
-        s: cached_array(file_key(files, f"cifar10:{s}"), lambda s=s: read_python_split(path, s),
-                        cache)
-        for s in ("train", "test")
-    }
-    return ImageArraySource("cifar10", splits, 256, flip=cfg.flip, description="CIFAR-10")
+        splits = {s: load_split(path, s, cfg.cache_dir, factor) for s in ("train", "test")}
+        name, description = "cifar10-jpeg", "CIFAR-10 (JPEG q75 copy)"
+    else:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        splits = {}
+        for s in ("train", "test"):
+            key = file_key(files, f"cifar10:{s}")
+            full = cached_array(key, lambda s=s: read_python_split(path, s), cache)
+            splits[s] = shrunk(full, key, factor, str(path), cache)
+        name, description = "cifar10", "CIFAR-10"
+    if factor > 1:
+        h, w = splits["train"].shape[2:]
+        name = f"{name}-{h}px" if h == w else f"{name}-{h}x{w}px"
+        description = f"{description}, area-downsampled to {h}x{w}"
+    return ImageArraySource(name, splits, 256, flip=cfg.flip, description=description)
 
 
 def md5_of(path: Path) -> str:

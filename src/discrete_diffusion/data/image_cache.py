@@ -1,10 +1,11 @@
 """Cache of decoded images as uint8 .npy arrays, memory-mapped on reuse.
 
-Decoding 60,000 JPEGs takes minutes; the decoded arrays are stored once under a key made of
-the source files' absolute paths, sizes and modification times, so a changed file gives a new
-key and a stale array is never read. Arrays are written to a temporary file and moved into
-place with `os.replace`, so a crash never leaves a half-written cache entry; they are read with
-`allow_pickle=False`.
+Decoding 60,000 JPEGs takes minutes; the decoded arrays are stored once under a key made of the
+source files' absolute paths, sizes and modification times, so a changed file gives a new key
+and a stale array is never read. Downsampled copies (`image_resolution`) are stored under the
+same key with the resolution appended (`resolution_key`). Arrays are written to a temporary
+file and moved into place with `os.replace`, so a crash never leaves a half-written cache
+entry; they are read with `allow_pickle=False`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def file_key(paths: Iterable[Path], extra: str = "") -> str:
         stat = path.stat()
         digest.update(json.dumps([str(path), stat.st_size, stat.st_mtime_ns]).encode())
     return digest.hexdigest()[:24]
+
+
+def resolution_key(key: str, resolution: int) -> str:
+    """The cache key of the images under `key` area-downsampled to `resolution` x
+    `resolution` (see `image_resolution`): one entry per resolution."""
+    return f"{key}-{int(resolution)}px"
 
 
 def save_atomic(array: np.ndarray, path: Path) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from discrete_diffusion.data.image_arrays import ImageArraySource
 from discrete_diffusion.data.image_cache import cached_array, file_key
 from discrete_diffusion.data.image_folder import read_split, source_files
+from discrete_diffusion.data.image_resolution import shrunk
 
 SPLITS = ("train", "test")
 
@@ -37,14 +38,17 @@ class Config:
     name: str = ""
 
 
-def load_split(root: Path, split: str, cache_dir: str = "") -> np.ndarray:
-    """uint8 [N, C, H, W] of one split, decoded once and then memory-mapped from the cache."""
+def load_split(root: Path, split: str, cache_dir: str = "", factor: int = 1) -> np.ndarray:
+    """uint8 [N, C, H, W] of one split, decoded once and then memory-mapped from the cache;
+    `factor` f > 1: area-downsampled to [N, C, H/f, W/f] (see `image_resolution`; cached per
+    resolution, f must divide H and W)."""
     files = source_files(root, split)
     if not files:
         read_split(root, split)  # raises the one-line "no images found" error
     key = file_key(files, extra=f"images:{split}")
     folder = Path(cache_dir) if cache_dir else None
-    return cached_array(key, lambda: read_split(root, split), folder)
+    images = cached_array(key, lambda: read_split(root, split), folder)
+    return shrunk(images, key, factor, f"{root} ({split})", folder)
 
 
 def build(cfg: Config, data_arg: str | None) -> ImageArraySource:
