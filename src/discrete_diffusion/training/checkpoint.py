@@ -120,8 +120,9 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, optimizer: torc
               "files": files, "shapes": {k: list(v.shape) for k, v in weights.items()}}
     atomic_write_text(json_path, json.dumps(record))  # the switch to the new set
     atomic_write_text(ckpt_dir / "latest.json", json.dumps({"name": name, "step": step}))
-    for old in set(previous.values()) - set(files.values()):
-        (ckpt_dir / old).unlink(missing_ok=True)
+    for old in ckpt_dir.glob(f"{name}.*safetensors"):  # the replaced set, failed attempts
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
     prune_checkpoints(ckpt_dir, keep)
     return json_path
 
