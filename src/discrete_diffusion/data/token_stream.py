@@ -1,9 +1,10 @@
 """A DataSource over cached token ids per split (text8, LM1B, token arrays).
 
 A split is either one 1-D token stream (text8: training examples are random crops, seeded per
-global batch so that a resumed run continues exactly, with any number of processes) or packed rows [N, L] (LM1B: training
-takes shuffled epochs of rows). Evaluation examples are the non-overlapping L-token chunks of a
-whole split in order (for rows: the rows), remainder dropped.
+global batch so that a resumed run continues exactly, with any number of processes) or packed
+rows [N, L] (LM1B: training takes shuffled epochs of rows). Evaluation examples are the
+non-overlapping L-token chunks of a whole split in order (for rows: the rows), remainder
+dropped.
 """
 
 from __future__ import annotations
