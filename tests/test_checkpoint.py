@@ -246,3 +246,24 @@ def test_run_folder_of_the_flat_transition_form_loads_and_resumes(tmp_path):
     assert resumed.step == 4
     resumed.fit()
     assert_same(state_of(straight), state_of(resumed))
+
+
+def test_checkpoint_with_per_rank_data_positions_still_resumes(tmp_path):
+    """The format written before data positions were global: "data" inside each rank's entry,
+    no "files" entry. It resumes exactly at its number of processes, and says so at another."""
+    straight = make(tmp_path / "a")
+    straight.fit()
+    make(tmp_path / "b", steps=4).fit()
+    path = tmp_path / "b/checkpoints/step_000004.json"
+    state = json.loads(path.read_text())
+    state["ranks"][0]["data"] = state.pop("data")
+    del state["files"]
+    path.write_text(json.dumps(state))
+    resumed = make(tmp_path / "b", resume=True)
+    resumed.fit()
+    assert_same(state_of(straight), state_of(resumed))
+    state["ranks"].append(state["ranks"][0])  # as if two processes had written it
+    path = tmp_path / "b/checkpoints/step_000008.json"
+    path.write_text(json.dumps({**state, "step": 8}))
+    with pytest.raises(ValueError, match="data positions of 2 processes; resume it with the same"):
+        make(tmp_path / "b", resume=True, steps=10)
