@@ -4,6 +4,8 @@ and run folders that are never overwritten."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from discrete_diffusion.training.checkpoint import (
     unflatten_optimizer,
 )
 from discrete_diffusion.training.config import config_from_dict
+from discrete_diffusion.training.interrupt import TrainingInterrupted
 from discrete_diffusion.training.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -69,26 +72,45 @@ def test_resume_is_exact(tmp_path):
     assert_same(state_of(straight), state_of(second))
 
 
-def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_step_saves_that_step_whole_and_resume_is_exact(tmp_path, monkeypatch,
+                                                                    signum):
     straight = make(tmp_path / "a", ckpt_every=0)
     straight.fit()
     broken = make(tmp_path / "b", ckpt_every=0)
     real_step = Trainer.train_step
 
     def interrupting(self):
-        if self.step == 5:
-            next(self.batches)  # half-way through a step: data already consumed
-            raise KeyboardInterrupt
+        if self.step == 5:  # the signal arrives as a step begins: that step completes
+            os.kill(os.getpid(), signum)
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupting)
+    with pytest.raises(TrainingInterrupted) as stop:
+        broken.fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert stop.value.step == 6 and stop.value.exit_code == 128 + signum
+    assert [s for s, _ in list_checkpoints(tmp_path / "b/checkpoints")] == [6]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    resumed = make(tmp_path / "b", resume=True, ckpt_every=0)
+    resumed.fit()
+    assert_same(state_of(straight), state_of(resumed))
+
+
+def test_a_second_ctrl_c_aborts_without_saving(tmp_path, monkeypatch):
+    trainer = make(tmp_path / "b", ckpt_every=0)
+    real_step = Trainer.train_step
+
+    def interrupting(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        broken.fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    assert [s for s, _ in list_checkpoints(tmp_path / "b/checkpoints")] == [5]
-    resumed = make(tmp_path / "b", resume=True, ckpt_every=0)
-    resumed.fit()
-    assert_same(state_of(straight), state_of(resumed))
+        trainer.fit()
+    assert list_checkpoints(tmp_path / "b/checkpoints") == []
 
 
 def test_keeps_the_last_checkpoints_and_points_to_the_latest(tmp_path):
@@ -224,3 +246,24 @@ def test_run_folder_of_the_flat_transition_form_loads_and_resumes(tmp_path):
     assert resumed.step == 4
     resumed.fit()
     assert_same(state_of(straight), state_of(resumed))
+
+
+def test_checkpoint_with_per_rank_data_positions_still_resumes(tmp_path):
+    """The format written before data positions were global: "data" inside each rank's entry,
+    no "files" entry. It resumes exactly at its number of processes, and says so at another."""
+    straight = make(tmp_path / "a")
+    straight.fit()
+    make(tmp_path / "b", steps=4).fit()
+    path = tmp_path / "b/checkpoints/step_000004.json"
+    state = json.loads(path.read_text())
+    state["ranks"][0]["data"] = state.pop("data")
+    del state["files"]
+    path.write_text(json.dumps(state))
+    resumed = make(tmp_path / "b", resume=True)
+    resumed.fit()
+    assert_same(state_of(straight), state_of(resumed))
+    state["ranks"].append(state["ranks"][0])  # as if two processes had written it
+    path = tmp_path / "b/checkpoints/step_000008.json"
+    path.write_text(json.dumps({**state, "step": 8}))
+    with pytest.raises(ValueError, match="data positions of 2 processes; resume it with the same"):
+        make(tmp_path / "b", resume=True, steps=10)

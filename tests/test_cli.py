@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -132,14 +134,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, monkeypatch, capsys):
     real_step = Trainer.train_step
 
     def interrupted(self):
-        if self.step == 3:
-            raise KeyboardInterrupt
+        if self.step == 2:  # Ctrl-C during step 3: the step completes, then the run saves
+            os.kill(os.getpid(), signal.SIGINT)
         return real_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "r"),
                  "--no-progress", "train.ckpt_every=0"]) == 130
-    assert "checkpoint saved at step 3" in capsys.readouterr().err
+    assert "interrupted: checkpoint saved at step 3" in capsys.readouterr().err
     assert json.loads((tmp_path / "r/checkpoints/latest.json").read_text())["step"] == 3
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 
 import torch
@@ -70,3 +71,77 @@ def test_two_cpu_processes_agree(tmp_path):
     assert any("eval/bits_per_unit" in json.loads(line) for line in lines)
     saved = load_file(str(tmp_path / "run/checkpoints/step_000003.safetensors"))
     assert torch.equal(saved["embed.weight"], w0["embed.weight"])
+
+
+def resize_config(steps: int):
+    config = tiny_config()
+    config.train.steps, config.train.eval_every, config.train.ckpt_every = steps, 0, 0
+    return config
+
+
+def resize_worker(rank: int, port: int, out_dir: str) -> None:
+    """Run a: 2 processes from scratch, SIGTERM to rank 1 during step 3. Run b: a 1-process
+    run of 3 steps resumed with 2 processes to step 6."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from discrete_diffusion.training.interrupt import TrainingInterrupted
+    from discrete_diffusion.training.trainer import Trainer
+
+    config = resize_config(6)
+    trainer = Trainer(config, build_data(config, None), os.path.join(out_dir, "a"),
+                      progress=False)
+    real_step = trainer.train_step
+
+    def step() -> int:
+        if rank == 1 and trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step()
+
+    trainer.train_step = step
+    try:
+        trainer.fit()
+        outcome = {"code": 0}
+    except TrainingInterrupted as stop:
+        outcome = {"code": stop.exit_code, "step": stop.step}
+    resumed = Trainer(config, build_data(config, None), os.path.join(out_dir, "b"),
+                      resume=True, progress=False)
+    outcome["resumed_from"] = resumed.step
+    resumed.fit()
+    save_file({k: v.contiguous() for k, v in resumed.model.state_dict().items()},
+              os.path.join(out_dir, f"b{rank}.safetensors"))
+    with open(os.path.join(out_dir, f"outcome{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+
+
+def test_resume_across_world_sizes_and_sigterm_under_ddp(tmp_path):
+    from discrete_diffusion.training.checkpoint import load_checkpoint
+    from discrete_diffusion.training.trainer import Trainer
+
+    def trainer(name: str, steps: int, resume: bool = False) -> Trainer:
+        config = resize_config(steps)
+        return Trainer(config, build_data(config, None), tmp_path / name, resume=resume,
+                       progress=False)
+
+    trainer("b", 3).fit()  # one process
+    mp.spawn(resize_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    outcomes = [json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in range(WORLD)]
+    # SIGTERM reached rank 1 only; both ranks stopped after the same step, rank 0 wrote it
+    assert [o["code"] for o in outcomes] == [143, 143]
+    assert [o["step"] for o in outcomes] == [3, 3]
+    assert load_checkpoint(tmp_path / "a").step == 3
+    # 1 -> 2 processes: resumed from step 3, the ranks agree
+    assert [o["resumed_from"] for o in outcomes] == [3, 3]
+    b0, b1 = (load_file(str(tmp_path / f"b{r}.safetensors")) for r in range(WORLD))
+    assert all(torch.equal(b0[k], b1[k]) for k in b0)
+    # 2 -> 1 process
+    resumed = trainer("a", 6, resume=True)
+    assert resumed.step == 3
+    resumed.fit()
+    # the global data position is the same however many processes took part
+    straight = trainer("c", 6)
+    straight.fit()
+    position = load_checkpoint(tmp_path / "c").state["data"]
+    assert position == {"epoch": 0, "offset": 48}
+    assert load_checkpoint(tmp_path / "a").state["data"] == position
+    assert load_checkpoint(tmp_path / "b").state["data"] == position

@@ -84,3 +84,12 @@ def test_a_terminal_gets_tqdm_and_a_log_does_not():
     progress.configure(enabled=False)
     bar = progress_bar(10, file=Terminal())
     assert isinstance(bar, tqdm) and bar.disable
+
+
+def test_no_progress_does_not_outlive_its_command(tmp_path):
+    from discrete_diffusion import progress
+    from discrete_diffusion.cli.main import main
+
+    main(["data", "text8", "--input", str(tmp_path / "missing.txt"), "--output",
+          str(tmp_path / "out.txt"), "--no-progress"])
+    assert progress.enabled()

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("d3pm: interrupted", file=sys.stderr)
         return 130
+    finally:  # in-process callers (tests, notebooks) get the default back
+        progress.configure(enabled=True)
 
 
 if __name__ == "__main__":

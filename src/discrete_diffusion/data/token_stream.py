@@ -1,9 +1,10 @@
 """A DataSource over cached token ids per split (text8, LM1B, token arrays).
 
 A split is either one 1-D token stream (text8: training examples are random crops, seeded per
-rank and batch so that a resumed run continues exactly) or packed rows [N, L] (LM1B: training
-takes shuffled epochs of rows). Evaluation examples are the non-overlapping L-token chunks of a
-whole split in order (for rows: the rows), remainder dropped.
+global batch so that a resumed run continues exactly, with any number of processes) or packed
+rows [N, L] (LM1B: training takes shuffled epochs of rows). Evaluation examples are the
+non-overlapping L-token chunks of a whole split in order (for rows: the rows), remainder
+dropped.
 """
 
 from __future__ import annotations
@@ -21,32 +22,51 @@ _ALIASES = {"valid": "validation", "val": "validation"}
 
 
 class CropIterator:
-    """Random seq_len crops of a token array; batch n depends only on (seed, rank, n).
+    """Random seq_len crops of a token array, drawn per global batch.
 
-    Each rank draws from its own stream, so ranks see different crops; `state_dict()` is the
-    batch counter, so a resumed iterator continues with exactly the batches it would have drawn.
+    Global batch n (`batch_size * world_size` crops) depends only on (seed, n), and rank r
+    keeps its slice `[r * batch_size, (r + 1) * batch_size)`, so the data order is the same
+    for any number of processes sharing the global batch; `state_dict()` is {"crops": n}.
+
+    A state {"step": n} (written before crops were drawn per global batch) continues the
+    older per-rank streams, seeded by (seed, rank, n), at the same number of processes only.
     """
 
     def __init__(self, ids: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int,
-                 state: dict | None = None) -> None:
+                 state: dict | None = None, world_size: int = 1) -> None:
         if ids.size < seq_len:
             raise ValueError(f"training split of {ids.size} tokens is shorter than {seq_len}")
         self.ids, self.seq_len, self.batch_size = ids, seq_len, batch_size
-        self.seed, self.rank = seed, rank
-        self.step = int((state or {}).get("step", 0))
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        state = state or {}
+        self.per_rank = "step" in state and "crops" not in state
+        if self.per_rank and int(state.get("world_size", world_size)) != world_size:
+            raise ValueError(f"this run's crops were drawn per process by "
+                             f"{state['world_size']} processes; resume it with that number "
+                             f"(now {world_size})")
+        self.step = int(state.get("step", state.get("crops", 0)))
 
     def __iter__(self) -> CropIterator:
         return self
 
     def __next__(self) -> Tensor:
-        rng = np.random.default_rng([self.seed, self.rank, self.step])
-        starts = rng.integers(0, self.ids.size - self.seq_len + 1, size=self.batch_size)
+        high = self.ids.size - self.seq_len + 1
+        if self.per_rank:
+            rng = np.random.default_rng([self.seed, self.rank, self.step])
+            starts = rng.integers(0, high, size=self.batch_size)
+        else:
+            rng = np.random.default_rng([self.seed, self.step])
+            first = self.rank * self.batch_size
+            starts = rng.integers(0, high, size=self.batch_size * self.world_size)
+            starts = starts[first:first + self.batch_size]
         self.step += 1
         batch = np.stack([self.ids[s : s + self.seq_len] for s in starts])
         return torch.from_numpy(batch.astype(np.int64))
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        if self.per_rank:
+            return {"step": self.step, "rank": self.rank, "world_size": self.world_size}
+        return {"crops": self.step}
 
 
 def chunk_batches(ids: np.ndarray, seq_len: int, batch_size: int,
@@ -85,7 +105,7 @@ class TokenStreamSource:
         if ids.ndim == 2:
             return ArrayBatches(ids, batch_size, seed=seed, rank=rank,
                                 world_size=world_size, state=state)
-        return CropIterator(ids, self.seq_len, batch_size, seed, rank, state)
+        return CropIterator(ids, self.seq_len, batch_size, seed, rank, state, world_size)
 
     def eval_batches(self, split: str, batch_size: int, *,
                      max_examples: int | None = None) -> Iterator[Tensor]:

@@ -10,7 +10,10 @@ A checkpoint of step N in `RUN_DIR/checkpoints/` is
     latest.json                   {"name": "step_0000N", "step": N}
 
 Every file goes to a temporary name first and then `os.replace`, so a killed run leaves either
-the old or the new checkpoint, never half of one.
+the old or the new checkpoint, never half of one. Re-saving a step that already exists writes
+its tensors under new names (`step_0000N.r1.safetensors`, ...), which the step JSON lists under
+"files"; the JSON switches to them last and the old files are removed only then, so a re-save
+that fails part-way leaves the previous checkpoint of that step whole.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class Checkpoint:
 
 def step_name(step: int) -> str:
     return f"step_{step:0{STEP_DIGITS}d}"
+
+
+TENSOR_FILES = {"weights": ".safetensors", "ema": ".ema.safetensors",
+                "optim": ".optim.safetensors"}
 
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
@@ -93,23 +100,54 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: nn.Module, optimizer: torc
     """Write the checkpoint of `step` and drop all but the newest `keep`; returns the JSON path.
 
     Args:
-        state: JSON-able extras (config, kinds, RNG and data states); step, shapes and the
-            optimizer's non-tensor state are added here.
+        state: JSON-able extras (config, kinds, RNG and data states); step, shapes, the tensor
+            file names and the optimizer's non-tensor state are added here.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = step_name(step)
+    json_path = ckpt_dir / f"{name}.json"
+    previous = tensor_files(json_path) if json_path.is_file() else {}
+    stem = _fresh_stem(ckpt_dir, name) if previous else name
+    files = {key: stem + suffix for key, suffix in TENSOR_FILES.items()
+             if key != "ema" or ema is not None}
     weights = model.state_dict()
-    _save_tensors(weights, ckpt_dir / f"{name}.safetensors")
+    _save_tensors(weights, ckpt_dir / files["weights"])
     if ema is not None:
-        _save_tensors(ema.state_dict(), ckpt_dir / f"{name}.ema.safetensors")
+        _save_tensors(ema.state_dict(), ckpt_dir / files["ema"])
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
-    _save_tensors(opt_tensors, ckpt_dir / f"{name}.optim.safetensors")
+    _save_tensors(opt_tensors, ckpt_dir / files["optim"])
     record = {**state, "step": step, "has_ema": ema is not None, "optimizer": opt_meta,
-              "shapes": {k: list(v.shape) for k, v in weights.items()}}
-    atomic_write_text(ckpt_dir / f"{name}.json", json.dumps(record))
+              "files": files, "shapes": {k: list(v.shape) for k, v in weights.items()}}
+    atomic_write_text(json_path, json.dumps(record))  # the switch to the new set
     atomic_write_text(ckpt_dir / "latest.json", json.dumps({"name": name, "step": step}))
+    for old in ckpt_dir.glob(f"{name}.*safetensors"):  # the replaced set, failed attempts
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
     prune_checkpoints(ckpt_dir, keep)
-    return ckpt_dir / f"{name}.json"
+    return json_path
+
+
+def _fresh_stem(ckpt_dir: Path, name: str) -> str:
+    """`name.rK` with the smallest K no file of the directory uses yet."""
+    k = 1
+    while any(ckpt_dir.glob(f"{name}.r{k}.*")):
+        k += 1
+    return f"{name}.r{k}"
+
+
+def tensor_files(json_path: Path, state: dict | None = None) -> dict[str, str]:
+    """{"weights" | "ema" | "optim": file name} of the checkpoint whose step JSON is
+    `json_path` (checkpoints written before the "files" entry use the plain names)."""
+    if state is None:
+        try:
+            state = json.loads(json_path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            state = {}
+    files = state.get("files") if isinstance(state, dict) else None
+    if isinstance(files, dict):
+        return {k: Path(str(v)).name for k, v in files.items()}  # names inside ckpt_dir only
+    stem = json_path.name.removesuffix(".json")
+    return {key: stem + suffix for key, suffix in TENSOR_FILES.items()}
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -124,9 +162,10 @@ def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     for _, path in list_checkpoints(ckpt_dir)[:-keep]:
+        files = tensor_files(path)
         path.unlink()  # the JSON first: a half-deleted checkpoint is never listed
-        for suffix in (".safetensors", ".ema.safetensors", ".optim.safetensors"):
-            path.with_name(path.stem + suffix).unlink(missing_ok=True)
+        for name in files.values():
+            (ckpt_dir / name).unlink(missing_ok=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -171,13 +210,12 @@ def load_checkpoint(path: str | os.PathLike, optimizer: bool = False) -> Checkpo
         state = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"checkpoint file {json_path} is corrupt or truncated") from err
-    base = json_path.with_suffix("")
-    weights = _load_tensors(base.with_name(base.name + ".safetensors"))
-    ema = (_load_tensors(base.with_name(base.name + ".ema.safetensors"))
-           if state.get("has_ema") else None)
+    files = tensor_files(json_path, state)
+    weights = _load_tensors(json_path.with_name(files["weights"]))
+    ema = (_load_tensors(json_path.with_name(files["ema"])) if state.get("has_ema") else None)
     opt = None
     if optimizer:
-        tensors = _load_tensors(base.with_name(base.name + ".optim.safetensors"))
+        tensors = _load_tensors(json_path.with_name(files["optim"]))
         opt = unflatten_optimizer(tensors, state["optimizer"])
     return Checkpoint(path=json_path, run_dir=run_dir_of(json_path), step=int(state["step"]),
                       state=state, weights=weights, ema=ema, optimizer=opt)

@@ -71,6 +71,15 @@ def gather(env: DistEnv, obj: Any) -> list[Any]:
     return out
 
 
+def max_over_ranks(env: DistEnv, value: int, device: torch.device) -> int:
+    """The largest `value` of all ranks, on every rank (an all-reduce of one number)."""
+    if not env.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def cleanup(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()

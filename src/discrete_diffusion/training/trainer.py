@@ -5,7 +5,11 @@ Run folder (see docs/ARCHITECTURE.md): config.yaml, data/ (DataInfo + codec), me
 tensorboard/, samples/step_N.txt|png, checkpoints/. A folder that already holds another run is
 never overwritten: continuing one needs `resume=True`, which restores weights, optimizer, EMA,
 the RNG states and the data position, so N steps in one go and N/2 + resume + N/2 give the same
-weights.
+weights. SIGINT and SIGTERM are deferred to the end of the step (see `interrupt.py`): the run
+saves a checkpoint there and `fit` raises `TrainingInterrupted`.
+
+The data position is global (every rank holds the same one), so a run may resume with another
+number of processes: the data order continues exactly, the per-rank noise streams are re-seeded.
 
 Defaults: the periodic evaluation uses `train.eval_examples` (256) validation examples with
 `train.eval_steps` inference steps (None = all T) and a generator seeded from `train.seed`, so it
@@ -17,12 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from discrete_diffusion.data.base import DataSource
 from discrete_diffusion.evaluation.bound import evaluate_bound
 from discrete_diffusion.figures.samples import is_picture, write_samples
+from discrete_diffusion.files import atomic_write_json
 from discrete_diffusion.progress import progress_bar
 from discrete_diffusion.training import distributed
 from discrete_diffusion.training.builders import build_method, build_model
@@ -40,19 +43,17 @@ from discrete_diffusion.training.checkpoint import (
     save_checkpoint,
 )
 from discrete_diffusion.training.config import RunConfig, config_from_dict, dump_config, read_yaml
+from discrete_diffusion.training.data_identity import DATA_RECORD
 from discrete_diffusion.training.ema import EMA
+from discrete_diffusion.training.interrupt import StopRequest, TrainingInterrupted
 from discrete_diffusion.training.metrics import MetricsLog, RunningStats
 from discrete_diffusion.training.nonfinite import FiniteUpdate, NonFiniteTraining, skip_warning
+from discrete_diffusion.training.rng import get_rng_state, seed_all, seed_of, set_rng_state
 
 # train keys that may change when a run is resumed (bookkeeping, not the optimisation itself)
 RESUMABLE_KEYS = {"steps", "log_every", "eval_every", "eval_examples", "eval_steps",
                   "sample_every", "num_samples", "ckpt_every", "keep_checkpoints", "device",
                   "compile", "max_consecutive_skips"}
-
-
-def _seed_of(*parts: int) -> int:
-    """A 63-bit seed mixing `parts` (seed, rank, purpose)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
 
 
 def config_differences(a: dict, b: dict) -> list[str]:
@@ -79,11 +80,15 @@ class Trainer:
         run_dir: the run folder.
         resume: continue the run in `run_dir` from its latest checkpoint.
         progress: show a tqdm bar (rank 0 only).
+        data_record: the identity and history of the training data (`data_identity`),
+            written to `RUN_DIR/data/source.json` and into every checkpoint.
     """
 
     def __init__(self, config: RunConfig, data: DataSource, run_dir: str | Path, *,
-                 resume: bool = False, progress: bool = True) -> None:
+                 resume: bool = False, progress: bool = True,
+                 data_record: dict | None = None) -> None:
         self.config, self.data, self.run_dir = config, data, Path(run_dir)
+        self.data_record = data_record
         self.tc = tc = config.train
         self.dist, self.device = distributed.setup(tc.device)
         self.main = self.dist.is_main
@@ -99,9 +104,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.betas,
                                            eps=tc.eps, weight_decay=tc.weight_decay)
         self.generator = torch.Generator(self.device)  # the diffusion noise of this rank
-        self.generator.manual_seed(_seed_of(tc.seed, self.dist.rank, 1))
+        self.generator.manual_seed(seed_of(tc.seed, self.dist.rank, 1))
         self.step, self.skipped = 0, 0
         self.update, self.consecutive_skips = FiniteUpdate(self.optimizer), 0
+        self._saved_step = -1  # the step of the last checkpoint written or restored
         self.progress = progress and self.main
         self.positions = self.info.num_positions
         checkpoint = self._prepare_run_dir(resume)
@@ -111,7 +117,6 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.log = MetricsLog(self.run_dir, enabled=self.main)
         self.stats = RunningStats(self.method.num_steps)
-        self._snapshot = self._rank_state()
         self._last_log = (self.step, self.skipped)  # the skip warning counts from here
 
     # ----- set-up --------------------------------------------------------------------------
@@ -160,6 +165,9 @@ class Trainer:
             dump_config(self.config, saved)
             self.info.save(self.run_dir / "data")
             self.data.codec().save(self.run_dir / "data")
+            if self.data_record is not None:
+                atomic_write_json(self.run_dir / "data" / DATA_RECORD, self.data_record,
+                                  indent=2)
         distributed.barrier(self.dist)
         return ckpt
 
@@ -171,38 +179,62 @@ class Trainer:
                              f"({', '.join(diff[:3])} differ)")
 
     def _restore(self, ckpt) -> dict | None:
-        """Load weights, optimizer, EMA and this rank's RNG states; return its data state."""
+        """Load weights, optimizer, EMA and this rank's RNG states; return the data state.
+
+        The data state is global ("data"), so any number of processes may resume it; at the
+        number that wrote it every RNG state is restored too, at another the per-rank streams
+        are re-seeded from (seed, rank, step). Checkpoints holding one data state per rank
+        (written before the position was global) resume at the same number only."""
         load_weights(self.model, ckpt.weights, ckpt.path)
         self.optimizer.load_state_dict(ckpt.optimizer)
         if self.ema is not None:
             if ckpt.ema is None:
                 raise ValueError(f"checkpoint {ckpt.path} has no EMA weights to resume")
             load_weights(self.ema.model, ckpt.ema, ckpt.path)
-        ranks = ckpt.state["ranks"]
-        if len(ranks) != self.dist.world_size:
-            raise ValueError(f"checkpoint {ckpt.path} was written by {len(ranks)} processes; "
-                             f"resume it with the same number (now {self.dist.world_size})")
+        ranks, world = ckpt.state["ranks"], self.dist.world_size
         self.step, self.skipped = ckpt.step, int(ckpt.state.get("skipped", 0))
-        mine = ranks[self.dist.rank]
-        _set_rng(mine["rng"], self.generator)
-        return mine["data"]
+        self._saved_step = ckpt.step
+        data_state = ckpt.state.get("data")
+        if data_state is None:
+            if len(ranks) != world:
+                raise ValueError(f"checkpoint {ckpt.path} holds the data positions of "
+                                 f"{len(ranks)} processes; resume it with the same number "
+                                 f"(now {world})")
+            data_state = ranks[self.dist.rank]["data"]
+        if len(ranks) == world:
+            set_rng_state(ranks[self.dist.rank]["rng"], self.generator)
+        else:
+            if self.main:
+                print(f"note: resuming a run of {len(ranks)} processes with {world}: the data "
+                      f"order continues exactly, the noise streams of each process are "
+                      f"re-seeded", file=sys.stderr)
+            seed_all(seed_of(self.tc.seed, self.dist.rank, 4, self.step), self.generator)
+        return data_state
 
     # ----- state ---------------------------------------------------------------------------
     def _rank_state(self) -> dict:
-        """This rank's data position and RNG states: taken at the start of every step, so an
-        interrupted step is replayed exactly on resume."""
-        return {"data": self.batches.state_dict(), "rng": _get_rng(self.generator)}
+        """This rank's data position and RNG states, read between steps (signals wait for
+        the step boundary), so they always belong with the weights saved beside them."""
+        return {"data": self.batches.state_dict(), "rng": get_rng_state(self.generator)}
 
     def save(self) -> None:
         """Write a checkpoint of the completed steps (all ranks must call it)."""
-        ranks = distributed.gather(self.dist, self._snapshot)
+        ranks = distributed.gather(self.dist, self._rank_state())
         if self.main:
             state = {"config": self.config.to_dict(), "ranks": ranks, "skipped": self.skipped,
                      "kinds": {"data": self.config.data_kind, "model": self.config.model_kind,
                                "method": self.config.method_kind},
                      "num_classes": self.method.num_classes, "num_steps": self.method.num_steps}
+            positions = [r["data"] for r in ranks]
+            if all(p == positions[0] for p in positions):  # a global position: stored once
+                state["data"] = positions[0]
+                for r in ranks:
+                    del r["data"]
+            if self.data_record is not None:
+                state["data_source"] = self.data_record
             save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer,
                             state, self.ema.model if self.ema else None, self.tc.keep_checkpoints)
+        self._saved_step = self.step
         distributed.barrier(self.dist)
 
     @property
@@ -218,27 +250,23 @@ class Trainer:
                            disable=not self.progress)
         busy, units = 0.0, 0  # throughput counts training time only, not evaluations
         try:
-            while self.step < self.tc.steps:
-                self._snapshot = self._rank_state()
-                start = time.perf_counter()
-                units += self.train_step()
-                busy += time.perf_counter() - start
-                bar.update(1)
-                if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
-                    summary["train"] = self._log(units / max(busy, 1e-9), bar)
-                    busy, units = 0.0, 0
-                self._periodic(summary)
-            self._snapshot = self._rank_state()
-        except KeyboardInterrupt:
-            if not self.dist.enabled:  # a lone process can save; ranks may be out of step
-                self.save()
-                print(f"interrupted: checkpoint saved at step {self.step}", file=sys.stderr)
-            raise
+            with StopRequest(announce=self.main) as stop:
+                while self.step < self.tc.steps:
+                    start = time.perf_counter()
+                    units += self.train_step()
+                    busy += time.perf_counter() - start
+                    bar.update(1)
+                    if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
+                        summary["train"] = self._log(units / max(busy, 1e-9), bar)
+                        busy, units = 0.0, 0
+                    self._periodic(summary)
+                    self._stop_if_asked(stop)
+                if self._saved_step != self.step:
+                    self.save()
+                self._stop_if_asked(stop)
         finally:
             bar.close()
             self.log.close()
-        if not self._saved_at(self.step):
-            self.save()
         distributed.cleanup(self.dist)
         summary["skipped"] = self.skipped
         summary["step"] = self.step
@@ -251,11 +279,16 @@ class Trainer:
         if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
             self.write_samples()
         if tc.ckpt_every and step % tc.ckpt_every == 0:
-            self._snapshot = self._rank_state()
             self.save()
 
-    def _saved_at(self, step: int) -> bool:
-        return bool(self.tc.ckpt_every) and step % self.tc.ckpt_every == 0
+    def _stop_if_asked(self, stop: StopRequest) -> None:
+        """At a step boundary: when any rank got a signal, all save this step and stop."""
+        signum = distributed.max_over_ranks(self.dist, stop.signum, self.device)
+        if signum:
+            if self._saved_step != self.step:
+                self.save()
+            distributed.cleanup(self.dist)
+            raise TrainingInterrupted(signum, self.step)
 
     def _autocast(self):
         if self.tc.precision == "bf16" and self.device.type == "cuda":
@@ -345,7 +378,7 @@ class Trainer:
         """Bound on `eval_examples` validation examples with `eval_steps` steps."""
         result = None
         if self.main and self.tc.eval_examples > 0:
-            gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 2, self.step))
+            gen = torch.Generator(self.device).manual_seed(seed_of(self.tc.seed, 2, self.step))
             batches = self.data.eval_batches("validation", self.micro_batch,
                                              max_examples=self.tc.eval_examples)
             with self._autocast():
@@ -368,34 +401,10 @@ class Trainer:
             suffix = ".png" if is_picture(codec) else ".txt"
             path = self.run_dir / "samples" / f"step_{self.step:06d}{suffix}"
             path.parent.mkdir(exist_ok=True)
-            gen = torch.Generator(self.device).manual_seed(_seed_of(self.tc.seed, 3, self.step))
+            gen = torch.Generator(self.device).manual_seed(seed_of(self.tc.seed, 3, self.step))
             with self._autocast():
                 x = self.method.sample(self.eval_model, self.tc.num_samples,
                                        steps=self.tc.eval_steps, generator=gen)
             write_samples(codec, x.cpu(), out=path)
         distributed.barrier(self.dist)
         return path
-
-
-# ----- RNG states as JSON --------------------------------------------------------------------
-def _get_rng(generator: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state().tolist(),
-             "generator": generator.get_state().tolist(),
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _set_rng(state: dict, generator: torch.Generator) -> None:
-    as_bytes = lambda v: torch.tensor(v, dtype=torch.uint8)  # noqa: E731
-    torch.set_rng_state(as_bytes(state["torch"]))
-    generator.set_state(as_bytes(state["generator"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([as_bytes(s) for s in state["cuda"]])
