@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import socket
+import time
 
 import torch
 import torch.multiprocessing as mp
@@ -21,9 +22,31 @@ WORLD = 2
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all bound at once, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def spawn(fn, args: tuple, seconds: float = 240.0) -> None:
+    """`mp.spawn` of WORLD processes that fails, rather than hangs, if they have not finished
+    within `seconds` (a deadlocked rendezvous would otherwise wait for gloo's 30 minutes)."""
+    context = mp.spawn(fn, args=args, nprocs=WORLD, join=False)
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"{WORLD} processes did not finish within {seconds:.0f} s")
 
 
 def tiny_config():
@@ -56,7 +79,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_cpu_processes_agree(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(worker, (free_port(), str(tmp_path)))
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD))
     assert w0.keys() == w1.keys()
     for key in w0:
@@ -79,7 +102,7 @@ def resize_config(steps: int):
     return config
 
 
-def resize_worker(rank: int, port: int, out_dir: str) -> None:
+def resize_worker(rank: int, port: int, port_b: int, out_dir: str) -> None:
     """Run a: 2 processes from scratch, SIGTERM to rank 1 during step 3. Run b: a 1-process
     run of 3 steps resumed with 2 processes to step 6."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
@@ -104,6 +127,9 @@ def resize_worker(rank: int, port: int, out_dir: str) -> None:
         outcome = {"code": 0}
     except TrainingInterrupted as stop:
         outcome = {"code": stop.exit_code, "step": stop.step}
+    # a fresh rendezvous for the second process group: a rank that reached the old port
+    # while the other was still tearing its store down would wait on stale keys for ever
+    os.environ["MASTER_PORT"] = str(port_b)
     resumed = Trainer(config, build_data(config, None), os.path.join(out_dir, "b"),
                       resume=True, progress=False)
     outcome["resumed_from"] = resumed.step
@@ -124,7 +150,7 @@ def test_resume_across_world_sizes_and_sigterm_under_ddp(tmp_path):
                        progress=False)
 
     trainer("b", 3).fit()  # one process
-    mp.spawn(resize_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(resize_worker, (*free_ports(2), str(tmp_path)))
     outcomes = [json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in range(WORLD)]
     # SIGTERM reached rank 1 only; both ranks stopped after the same step, rank 0 wrote it
     assert [o["code"] for o in outcomes] == [143, 143]
