@@ -102,12 +102,15 @@ def resize_config(steps: int):
     return config
 
 
-def resize_worker(rank: int, port: int, port_b: int, out_dir: str) -> None:
-    """Run a: 2 processes from scratch, SIGTERM to rank 1 during step 3. Run b: a 1-process
-    run of 3 steps resumed with 2 processes to step 6."""
+def _join(rank: int, port: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def sigterm_worker(rank: int, port: int, out_dir: str) -> None:
+    """Run a: 2 processes from scratch, SIGTERM to rank 1 during step 3."""
+    _join(rank, port)
     from discrete_diffusion.training.interrupt import TrainingInterrupted
     from discrete_diffusion.training.trainer import Trainer
 
@@ -127,17 +130,24 @@ def resize_worker(rank: int, port: int, port_b: int, out_dir: str) -> None:
         outcome = {"code": 0}
     except TrainingInterrupted as stop:
         outcome = {"code": stop.exit_code, "step": stop.step}
-    # a fresh rendezvous for the second process group: a rank that reached the old port
-    # while the other was still tearing its store down would wait on stale keys for ever
-    os.environ["MASTER_PORT"] = str(port_b)
+    with open(os.path.join(out_dir, f"outcome{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+
+
+def resume_worker(rank: int, port: int, out_dir: str) -> None:
+    """Run b: a 1-process run of 3 steps resumed with 2 processes to step 6 (fresh processes,
+    one process group each, as under torchrun)."""
+    _join(rank, port)
+    from discrete_diffusion.training.trainer import Trainer
+
+    config = resize_config(6)
     resumed = Trainer(config, build_data(config, None), os.path.join(out_dir, "b"),
                       resume=True, progress=False)
-    outcome["resumed_from"] = resumed.step
+    with open(os.path.join(out_dir, f"resumed{rank}.json"), "w") as f:
+        json.dump({"resumed_from": resumed.step}, f)
     resumed.fit()
     save_file({k: v.contiguous() for k, v in resumed.model.state_dict().items()},
               os.path.join(out_dir, f"b{rank}.safetensors"))
-    with open(os.path.join(out_dir, f"outcome{rank}.json"), "w") as f:
-        json.dump(outcome, f)
 
 
 def test_resume_across_world_sizes_and_sigterm_under_ddp(tmp_path):
@@ -150,14 +160,17 @@ def test_resume_across_world_sizes_and_sigterm_under_ddp(tmp_path):
                        progress=False)
 
     trainer("b", 3).fit()  # one process
-    spawn(resize_worker, (*free_ports(2), str(tmp_path)))
+    spawn(sigterm_worker, (free_port(), str(tmp_path)))
+    spawn(resume_worker, (free_port(), str(tmp_path)))
     outcomes = [json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in range(WORLD)]
+    resumed_from = [json.loads((tmp_path / f"resumed{r}.json").read_text())["resumed_from"]
+                    for r in range(WORLD)]
     # SIGTERM reached rank 1 only; both ranks stopped after the same step, rank 0 wrote it
     assert [o["code"] for o in outcomes] == [143, 143]
     assert [o["step"] for o in outcomes] == [3, 3]
     assert load_checkpoint(tmp_path / "a").step == 3
     # 1 -> 2 processes: resumed from step 3, the ranks agree
-    assert [o["resumed_from"] for o in outcomes] == [3, 3]
+    assert resumed_from == [3, 3]
     b0, b1 = (load_file(str(tmp_path / f"b{r}.safetensors")) for r in range(WORLD))
     assert all(torch.equal(b0[k], b1[k]) for k in b0)
     # 2 -> 1 process
