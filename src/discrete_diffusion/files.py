@@ -87,14 +87,18 @@ def writable_file(path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise PathError(errno.EISDIR, f"cannot write {path}: it is a folder", str(path))
-    folder = path.parent
+    _make_folder(path.parent, path)
+    _probe(path.parent, path)
+    return path
+
+
+def _make_folder(folder: Path, path: Path) -> None:
+    """mkdir -p `folder`, a failure being a `PathError` naming `path`."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PathError(err.errno, f"cannot write {path}: {_reason(err, folder)}",
                         str(path)) from None
-    _probe(folder, path)
-    return path
 
 
 def writable_folder(path: str | os.PathLike, create: bool = True) -> Path:
@@ -106,11 +110,7 @@ def writable_folder(path: str | os.PathLike, create: bool = True) -> Path:
     """
     path = Path(path).expanduser()
     if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise PathError(err.errno, f"cannot write {path}: {_reason(err, path)}",
-                            str(path)) from None
+        _make_folder(path, path)
         _probe(path, path)
         return path
     existing = path
