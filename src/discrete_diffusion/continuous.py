@@ -44,7 +44,7 @@ from torch.nn.functional import softplus
 
 from discrete_diffusion import checks
 from discrete_diffusion.alpha_schedules import AlphaSchedule
-from discrete_diffusion.categorical import cross_entropy, uniform_noise
+from discrete_diffusion.categorical import cross_entropy, log_normalise, uniform_noise
 from discrete_diffusion.process import D3PM
 from discrete_diffusion.transitions import Absorbing, Uniform
 from discrete_diffusion.transitions._common import per_example
@@ -192,7 +192,7 @@ class ContinuousProcess:
     def _denoise(self, denoiser: ContinuousDenoiser, x_t: Tensor, t: Tensor) -> Tensor:
         logits = denoiser(x_t, t)
         checks.check_logits(logits, x_t, self.num_classes)
-        return logits.log_softmax(-1)
+        return log_normalise(logits)
 
     def elbo_terms(self, denoiser: ContinuousDenoiser, x_0: Tensor, t: Tensor,
                    generator: torch.Generator | None = None) -> dict[str, Tensor]:

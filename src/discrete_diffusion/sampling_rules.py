@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from discrete_diffusion.categorical import gumbel_max, log1mexp, uniform_noise
+from discrete_diffusion.categorical import gumbel_max, log1mexp, log_normalise, uniform_noise
 from discrete_diffusion.transitions._common import per_example
 from discrete_diffusion.transitions.absorbing import Absorbing
 from discrete_diffusion.transitions.uniform import Uniform
@@ -94,7 +94,7 @@ def unmask_proposed(
         return x_t
     m = process.transition.mask_index
     x_r, s_r, t_r, prop = x_t[rows], s[rows], t[rows], propose[rows]
-    log_x0 = process.denoise(denoiser, x_r, t_r).log_softmax(-1)
+    log_x0 = log_normalise(process.denoise(denoiser, x_r, t_r))
     out = x_r.clone()
     if argmax:
         out[prop] = process.log_p_posterior(log_x0, x_r, s_r, t_r).argmax(-1)[prop]
@@ -274,7 +274,7 @@ def tau_leaping_step(
 ) -> Tensor:
     """x_s drawn from `tau_leaping_log_probs` (an approximation of eq. 4, first order in
     t - s); one network call for the whole batch."""
-    log_x0 = process.denoise(denoiser, x_t, t).log_softmax(-1)
+    log_x0 = log_normalise(process.denoise(denoiser, x_t, t))
     log_p = tau_leaping_log_probs(process, log_x0, x_t, s, t)
     return log_p.argmax(-1) if argmax else gumbel_max(log_p, generator)
 
@@ -310,7 +310,7 @@ def confidence_step(
     if rows.numel() == 0:
         return x_t
     x_r = x_t[rows]
-    log_x0 = process.denoise(denoiser, x_r, t[rows]).log_softmax(-1)
+    log_x0 = log_normalise(process.denoise(denoiser, x_r, t[rows]))
     values = log_x0.argmax(-1) if argmax else gumbel_max(log_x0, generator)
     conf = log_x0.gather(-1, values[..., None]).reshape(len(rows), -1).double()
     conf = conf.masked_fill(~masked[rows], -math.inf)
