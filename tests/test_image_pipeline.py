@@ -133,3 +133,51 @@ def test_cifar10_cpu_presets_follow_the_paper_rows():
         if kind == "gaussian":
             assert (method.beta_start, method.beta_stop) == (4e-4, 0.08)
         assert config.model.head == ("logistic" if "logistic" in name else "logits")
+
+
+def _cifar_folder(tmp_path, count=6):
+    """A CIFAR-10 image-folder layout of `count` random 32x32 colour images per split."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    for split in ("train", "test"):
+        (folder / split / "cat").mkdir(parents=True)
+        for i in range(count):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(image).save(folder / split / "cat" / f"{i}.png")
+    return folder
+
+
+def test_fid_command_at_a_reduced_resolution(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISCRETE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    torch.jit.script(_Features()).save(str(tmp_path / "net.pt"))
+    folder = _cifar_folder(tmp_path)
+    from discrete_diffusion.data import cifar10
+
+    small = cifar10.build(cifar10.Config(flip=False, resolution=16), str(folder)).splits["test"]
+    assert small.shape == (6, 3, 16, 16)
+    np.save(tmp_path / "small.npy", small)
+    args = ["figures", "fid", "--samples", str(tmp_path / "small.npy"), "--reference",
+            str(folder), "--network", str(tmp_path / "net.pt")]
+    assert main(args + ["--resolution", "16"]) == 0  # the set against itself
+    assert abs(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"]) < 1e-6
+    assert main(args) == 2  # 16x16 samples against the 32x32 test split
+    assert "--resolution" in capsys.readouterr().err
+    assert main(args + ["--resolution", "16", "--reference-images", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"] > 1e-3
+    assert main(args + ["--resolution", "16", "--reference-images", "7"]) == 2
+    assert "--reference-images must be in 1..6" in capsys.readouterr().err
+    assert main(["figures", "fid", "--samples", str(tmp_path / "small.npy"), "--reference",
+                 "digits", "--resolution", "16", "--network", str(tmp_path / "net.pt")]) == 2
+    assert "8x8 only" in capsys.readouterr().err
+
+
+def test_corruption_figure_at_a_reduced_resolution(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISCRETE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    folder = _cifar_folder(tmp_path, count=2)
+    args = ["figures", "corruption", "--data", str(folder), "--out", str(tmp_path / "c.png"),
+            "--steps", "10", "--num", "2", "--processes", "uniform", "--resolution"]
+    assert main(args + ["8"]) == 0 and (tmp_path / "c.png").is_file()
+    capsys.readouterr()
+    assert main(args + ["5"]) == 2  # 5 does not divide 32
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("d3pm: error:") and "\n" not in err

@@ -1,0 +1,255 @@
+"""Table 3 at CPU scale: the four D3PM image processes on CIFAR-10 at 16x16, equal CPU budgets.
+
+    python benchmarks/bench_cifar_small.py OUT_DIR --data ../shared/data/cifar10-jpeg
+        [--budget 1200] [--jobs 2] [--images 128] [--fid-samples 128] [--fid-reference 1000]
+        [--only NAME ...] [--seed 0]
+    python benchmarks/bench_cifar_small.py OUT_DIR --table
+
+Each configs/cifar10-*-cpu-small.yaml preset (16x16, 256 levels, 3 channels, T = 250) is
+trained by the project's Trainer, one single-threaded process per preset, for the same budget
+of process CPU seconds (time.process_time: other load on the machine does not change what a
+model gets). The final weights are saved (OUT_DIR/<preset>/run), then, with the EMA weights:
+    * the full bound (eq. 1, all T terms, x_t drawn once per term) on --images test images drawn
+      at random (seeded) from the test split, decomposed into L_T, L_0 and bands of t
+      (benchmarks/digits_diagnose.py's `bound_terms`), in bits/dim with the standard error over
+      images;
+    * --fid-samples ancestral samples (all T steps), a grid of the first 64
+      (OUT_DIR/<preset>/samples.png);
+    * FID of those samples against --fid-reference test images at the same resolution (the
+      project's Inception features, images upscaled to 299x299). With a few hundred images FID
+      is strongly biased upwards: it only ranks models measured with the same numbers here.
+Results: OUT_DIR/<preset>/result.json; the table: stdout and OUT_DIR/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+PRESETS = {  # table row -> preset (the paper's losses and schedules, Table 3)
+    "uniform L_vb (cosine)": "cifar10-uniform-cpu-small",
+    "absorbing L_lambda (1/(T-t+1))": "cifar10-absorbing-cpu-small",
+    "Gauss L_lambda (linear)": "cifar10-gauss-cpu-small",
+    "Gauss + logistic L_lambda (linear)": "cifar10-gauss-logistic-cpu-small",
+}
+BANDS = (1, 5, 15, 40, 62, 125, 188, 250)  # upper ends of the bands of t (T = 250)
+
+
+def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed: int):
+    """Train `preset` until `budget` process CPU seconds are spent, save; (trainer, seconds)."""
+    from discrete_diffusion.training.builders import build_data
+    from discrete_diffusion.training.config import config_from_dict, read_yaml
+    from discrete_diffusion.training.trainer import Trainer
+
+    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
+    raw["train"].update(steps=10**9, eval_every=0, sample_every=0, ckpt_every=0, seed=seed)
+    config = config_from_dict(raw)
+    trainer = Trainer(config, build_data(config, data), run_dir, progress=False)
+    start, last = time.process_time(), time.process_time()
+    while time.process_time() - start < budget:
+        trainer.train_step()
+        if time.process_time() - last > 60:  # a line a CPU-minute: the run is alive
+            last = time.process_time()
+            print(f"{preset}: {trainer.step} updates, {last - start:.0f} CPU-s", flush=True)
+    spent = time.process_time() - start
+    trainer.save()
+    return trainer, spent
+
+
+def test_images(source, count: int, seed: int):
+    """`count` test images drawn without replacement (seeded): the split is stored by class."""
+    import torch
+
+    test = source.splits["test"]
+    order = np.random.default_rng(seed).permutation(len(test))[:count]
+    return torch.from_numpy(test[np.sort(order)].astype(np.int64))
+
+
+def decomposed_bound(method, model, x_0, seed: int, batch: int = 32) -> dict:
+    """The full bound of each image and its mean terms per t, bits/dim."""
+    import torch
+    from digits_diagnose import bound_terms
+
+    from discrete_diffusion.methods.diffusion import as_denoiser
+
+    denoiser = as_denoiser(model, method.excluded)
+    dims = x_0[0].numel() * math.log(2)
+    priors, terms = [], []
+    for i, chunk in enumerate(x_0.split(batch)):
+        prior, per_t = bound_terms(method.process, denoiser, chunk, seed + i)
+        priors.append(prior)
+        terms.append(per_t)
+    prior, per_t = torch.cat(priors), torch.cat(terms, 1)  # [N], [T, N]
+    total = (prior + per_t.sum(0)) / dims
+    return {"bits_per_dim": float(total.mean()),
+            "stderr": float(total.std() / math.sqrt(len(total))),
+            "prior_bpd": float(prior.mean() / dims),
+            "per_t_bpd": (per_t.mean(1) / dims).tolist()}
+
+
+def bands(per_t: list[float]) -> dict[str, float]:
+    """L_0 and the diffusion terms summed by band of t (row t - 1 holds L_{t-1})."""
+    out, low = {"L_0": per_t[0]}, 2
+    for high in BANDS[1:]:
+        out[f"t {low}-{high}"] = sum(per_t[low - 1:high])
+        low = high + 1
+    return out
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    """Train, evaluate, sample and score one preset (in its own single-threaded process)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from discrete_diffusion.figures.samples import write_samples
+
+    preset, folder = PRESETS[name], args.out / PRESETS[name]
+    trainer, spent = train_for_budget(preset, args.data, folder / "run", args.budget, args.seed)
+    model, method, source = trainer.eval_model.eval(), trainer.method, trainer.data
+    t0 = time.process_time()
+    result = {"name": name, "preset": preset, "data": source.description, "steps": trainer.step,
+              "train_cpu_s": spent, "T": method.num_steps, "test_images": args.images}
+    result.update(decomposed_bound(method, model, test_images(source, args.images, args.seed),
+                                   args.seed))
+    result["eval_cpu_s"] = time.process_time() - t0
+    print(f"{preset}: {result['bits_per_dim']:.4f} +- {result['stderr']:.4f} bits/dim", flush=True)
+    t0 = time.process_time()
+    gen = torch.Generator().manual_seed(args.seed)
+    samples = torch.cat([method.sample(model, len(c), generator=gen)
+                         for c in torch.arange(args.fid_samples).split(64)])
+    result["sample_cpu_s"] = time.process_time() - t0
+    write_samples(source.codec(), samples[:64], folder / "samples.png")
+    np.save(folder / "samples.npy", samples.numpy().astype(np.uint8))
+    if args.fid_samples:
+        result["fid"] = fid_of(samples, source, args)
+        result["fid_samples"] = args.fid_samples
+        result["fid_reference"] = args.fid_reference
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def fid_of(samples, source, args: argparse.Namespace) -> float:
+    """FID of `samples` against --fid-reference test images (reference features cached)."""
+    from discrete_diffusion.evaluation import fid
+
+    net_path = fid.default_network_path()
+    net = fid.load_network(net_path)
+    ref_images = test_images(source, args.fid_reference, args.seed + 1)
+    ref = fid.reference_statistics(f"{source.name}-test-{args.fid_reference}", net_path,
+                                   lambda: fid.features(net, ref_images.split(50), 256),
+                                   args.out / "fid-cache")
+    return fid.fid(samples.split(50), ref, net, 256)
+
+
+def reference(args: argparse.Namespace) -> None:
+    """The FID reference statistics once, before the workers race for them."""
+    import torch
+
+    torch.set_num_threads(1)
+    from discrete_diffusion.training.builders import build_data
+    from discrete_diffusion.training.config import config_from_dict, read_yaml
+
+    config = config_from_dict(read_yaml(ROOT / "configs" / f"{PRESETS[next(iter(PRESETS))]}.yaml"))
+    source = build_data(config, args.data)
+    fid_of(torch.zeros(2, *source.example_shape, dtype=torch.long), source, args)
+
+
+def _launch(name: str, args: argparse.Namespace) -> subprocess.Popen:
+    log = open(args.out / f"{PRESETS[name]}.log", "w")
+    cmd = [sys.executable, __file__, str(args.out), "--one", name, "--data", args.data,
+           "--budget", str(args.budget), "--images", str(args.images),
+           "--fid-samples", str(args.fid_samples), "--fid-reference", str(args.fid_reference),
+           "--seed", str(args.seed)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def run_all(args: argparse.Namespace) -> list[dict]:
+    """The presets `args.jobs` at a time, each in its own single-threaded process."""
+    if args.fid_samples:
+        reference(args)
+    pending, running, results = list(args.only or PRESETS), {}, []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            running[name] = _launch(name, args)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            path = args.out / PRESETS[name] / "result.json"
+            if proc.returncode or not path.is_file():
+                print(f"{name}: failed (see {args.out / PRESETS[name]}.log)", file=sys.stderr)
+                continue
+            results.append(json.loads(path.read_text()))
+            print(f"done: {name}", file=sys.stderr, flush=True)
+        time.sleep(5)
+    return results
+
+
+def table(results: list[dict]) -> str:
+    order = {n: i for i, n in enumerate(PRESETS)}
+    rows = sorted(results, key=lambda r: order.get(r["name"], 99))
+    if not rows:
+        return "no results"
+    r0 = rows[0]
+    lines = [f"{r0['data']}, T = {r0['T']}, {max(r['train_cpu_s'] for r in rows):.0f} CPU-s of "
+             f"training each; full bound on {r0['test_images']} test images; FID of "
+             f"{r0.get('fid_samples', 0)} samples vs {r0.get('fid_reference', 0)} test images",
+             "", "| model | updates | bits/dim | stderr | FID |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        fid = f"{r['fid']:.1f}" if "fid" in r else "n/a"
+        lines.append(f"| {r['name']} | {r['steps']} | {r['bits_per_dim']:.4f} | "
+                     f"{r['stderr']:.4f} | {fid} |")
+    keys = ["L_T"] + list(bands(r0["per_t_bpd"]))
+    lines += ["", "The bound by term, bits/dim (L_T, L_0, sums of L_{t-1} over bands of t):", "",
+              "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for r in rows:
+        parts = [r["prior_bpd"], *bands(r["per_t_bpd"]).values()]
+        lines.append(f"| {r['name']} | " + " | ".join(f"{v:.4f}" for v in parts) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="output folder (runs, grids, results)")
+    parser.add_argument("--data", help="CIFAR-10: the python tarball, or a folder/zip of images")
+    parser.add_argument("--budget", type=float, default=1200.0, help="training CPU seconds")
+    parser.add_argument("--jobs", type=int, default=2, help="presets trained at once")
+    parser.add_argument("--images", type=int, default=128, help="test images for the bound")
+    parser.add_argument("--fid-samples", type=int, default=128, help="0: no samples, no FID")
+    parser.add_argument("--fid-reference", type=int, default=1000, help="test images for FID")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", choices=list(PRESETS), metavar="NAME")
+    parser.add_argument("--table", action="store_true", help="print the table of OUT and exit")
+    parser.add_argument("--one", choices=list(PRESETS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.table:
+        results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/result.json"))]
+        print(table(results))
+        return 0
+    if not args.data:
+        parser.error("--data is required (CIFAR-10 tarball, folder or zip)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        print(json.dumps({k: v for k, v in run_one(args.one, args).items() if k != "per_t_bpd"}))
+        return 0
+    results = run_all(args)
+    text = table(results)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0 if len(results) == len(args.only or PRESETS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
