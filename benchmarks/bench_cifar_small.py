@@ -3,7 +3,8 @@
     python benchmarks/bench_cifar_small.py OUT_DIR --data ../shared/data/cifar10-jpeg
         [--budget 1200] [--jobs 2] [--images 128] [--fid-samples 128] [--fid-reference 1000]
         [--only NAME ...] [--seed 0]
-    python benchmarks/bench_cifar_small.py OUT_DIR --table
+    python benchmarks/bench_cifar_small.py OUT_DIR --table [--plot PNG]
+    python benchmarks/bench_cifar_small.py OUT_DIR --data PATH --oracle [--images 64]
 
 Each configs/cifar10-*-cpu-small.yaml preset (16x16, 256 levels, 3 channels, T = 250) is
 trained by the project's Trainer, one single-threaded process per preset, for the same budget
@@ -18,7 +19,11 @@ model gets). The final weights are saved (OUT_DIR/<preset>/run), then, with the 
     * FID of those samples against --fid-reference test images at the same resolution (the
       project's Inception features, images upscaled to 299x299). With a few hundred images FID
       is strongly biased upwards: it only ranks models measured with the same numbers here.
-Results: OUT_DIR/<preset>/result.json; the table: stdout and OUT_DIR/table.md.
+--oracle checks the three processes at K = 256 without a network: with p~(x_0 | x_t) = m(x_0),
+the per-position level histograms of the training split (+0.5 per count), eq. 4 is the exact
+reverse of the model m, so each process's bound must equal -log m(x_0) in expectation.
+Results: OUT_DIR/<preset>/result.json; the table: stdout and OUT_DIR/table.md. --plot draws
+the sample grids beside the bound by band of t.
 """
 
 from __future__ import annotations
@@ -164,6 +169,42 @@ def reference(args: argparse.Namespace) -> None:
     fid_of(torch.zeros(2, *source.example_shape, dtype=torch.long), source, args)
 
 
+def oracle(args: argparse.Namespace) -> str:
+    """The bound of the per-position marginal denoiser under each preset's process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from digits_diagnose import bound_terms
+
+    from discrete_diffusion.training.builders import build_data, build_method
+    from discrete_diffusion.training.config import config_from_dict, read_yaml
+
+    lines = []
+    for name, preset in list(PRESETS.items())[:3]:  # the logistic head shares the Gaussian's
+        config = config_from_dict(read_yaml(ROOT / "configs" / f"{preset}.yaml"))
+        source = build_data(config, args.data)
+        method = build_method(config, source.info())
+        train = torch.from_numpy(source.splits["train"].astype(np.int64))  # [N, C, H, W]
+        shape = train.shape[1:]
+        index = torch.arange(train[0].numel()) * 256 + train.flatten(1)  # position * K + level
+        counts = torch.bincount(index.flatten(), minlength=train[0].numel() * 256)
+        counts = counts.double().reshape(*shape, 256) + 0.5
+        log_m = (counts / counts.sum(-1, keepdim=True)).log()  # [C, H, W, 256]
+        x_0 = test_images(source, args.images, args.seed)
+        dims = x_0[0].numel() * math.log(2)
+        nll = -log_m.expand(len(x_0), -1, -1, -1, -1).gather(-1, x_0[..., None])[..., 0]
+        marginal = log_m.float()[None]
+        prior, terms = bound_terms(method.process,
+                                   lambda x_t, t, m=marginal: m.expand(len(x_t), -1, -1, -1, -1),
+                                   x_0, args.seed)
+        total = (prior + terms.sum(0)) / dims
+        lines.append(f"{name}: -log m(x_0) {float(nll.flatten(1).sum(1).mean() / dims):.4f}, "
+                     f"bound {float(total.mean()):.4f} +- "
+                     f"{float(total.std() / math.sqrt(len(total))):.4f} bits/dim")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def _launch(name: str, args: argparse.Namespace) -> subprocess.Popen:
     log = open(args.out / f"{PRESETS[name]}.log", "w")
     cmd = [sys.executable, __file__, str(args.out), "--one", name, "--data", args.data,
@@ -220,6 +261,40 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict], out: Path, path: Path) -> None:
+    """Sample grids (first 16 of each model) above bars of the bound by term and band of t."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from discrete_diffusion.figures.grid import tile
+
+    order = {n: i for i, n in enumerate(PRESETS)}
+    rows = sorted(results, key=lambda r: order.get(r["name"], 99))
+    fig = plt.figure(figsize=(3.2 * len(rows), 7.0))
+    grid = fig.add_gridspec(2, len(rows), height_ratios=[1.0, 1.1])
+    for i, r in enumerate(rows):
+        ax = fig.add_subplot(grid[0, i])
+        images = np.load(out / r["preset"] / "samples.npy")[:16]  # uint8 [16, 3, H, W]
+        ax.imshow(tile(images, 4, pad=1, fill=255).transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(f"{r['name']}\n{r['bits_per_dim']:.3f} bits/dim, FID {r.get('fid', 0):.0f}",
+                     fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    keys = ["L_T", *bands(rows[0]["per_t_bpd"])]
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        values = [r["prior_bpd"], *bands(r["per_t_bpd"]).values()]
+        ax.bar(np.arange(len(keys)) + (i - len(rows) / 2 + 0.5) * width, values, width,
+               label=r["name"])
+    ax.set_xticks(np.arange(len(keys)), keys, fontsize=8)
+    ax.set_ylabel("bits/dim in the term or band")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (runs, grids, results)")
@@ -232,15 +307,22 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", choices=list(PRESETS), metavar="NAME")
     parser.add_argument("--table", action="store_true", help="print the table of OUT and exit")
+    parser.add_argument("--plot", type=Path, help="with --table: also draw grids and bands here")
+    parser.add_argument("--oracle", action="store_true", help="check the processes and exit")
     parser.add_argument("--one", choices=list(PRESETS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.table:
         results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/result.json"))]
         print(table(results))
+        if args.plot and results:
+            plot(results, args.out, args.plot)
         return 0
     if not args.data:
         parser.error("--data is required (CIFAR-10 tarball, folder or zip)")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.oracle:
+        (args.out / "oracle.md").write_text(oracle(args) + "\n")
+        return 0
     if args.one:
         print(json.dumps({k: v for k, v in run_one(args.one, args).items() if k != "per_t_bpd"}))
         return 0
