@@ -112,7 +112,18 @@ def bigram_denoiser(process, log_pi: Tensor, log_a: Tensor):
     return denoiser
 
 
-def oracle_report(trainer, data: str, sequences: int, seed: int) -> str:
+# Rows of the oracle table: (preset, overrides).
+ORACLE_PROCESSES = {
+    "uniform, cosine": ("text8-uniform-cpu-small", []),
+    "NN k = 5, mutual information": ("text8-nn-cpu-small", []),
+    "absorbing, 1/(T-t+1)": ("text8-absorbing-cpu-small", []),
+    "NN k = 5, linear": ("text8-nn-cpu-small", ["method.schedule=linear"]),
+    "NN k = 2, mutual information": ("text8-nn-cpu-small", ["method.transition.knn=2"]),
+    "NN k = 10, mutual information": ("text8-nn-cpu-small", ["method.transition.knn=10"]),
+}
+
+
+def oracle_report(trainer, data: str, sequences: int, seed: int, only: list[str]) -> str:
     """Bounds of the marginal and bigram-oracle denoisers under the presets' processes."""
     from digits_diagnose import bound_terms
 
@@ -127,9 +138,8 @@ def oracle_report(trainer, data: str, sequences: int, seed: int) -> str:
              "| process | marginal denoiser | bigram oracle | oracle by band of t (L_0, then "
              + ", ".join(_band_names()[1:]) + ") |", "|---|---:|---:|---|"]
     marginal = log_pi.float()
-    for preset in ("text8-uniform-cpu-small", "text8-nn-cpu-small", "text8-absorbing-cpu-small",
-                   "nn-linear"):
-        process = _process_of(preset, data, seed)
+    for name in only or ORACLE_PROCESSES:
+        process = _process_of(*ORACLE_PROCESSES[name], data, seed)
         row = []
         for den in (lambda x_t, t: marginal.expand(*x_t.shape, -1),
                     bigram_denoiser(process, log_pi, log_a)):
@@ -138,17 +148,14 @@ def oracle_report(trainer, data: str, sequences: int, seed: int) -> str:
             row.append((total, terms.mean(1) / (x_0.shape[1] * math.log(2))))
         se = float(row[1][0].std() / math.sqrt(len(row[1][0])))
         bands_ = ", ".join(f"{v:.3f}" for v in _bands(row[1][1].tolist()).values())
-        lines.append(f"| {preset} | {float(row[0][0].mean()):.4f} | "
+        lines.append(f"| {name} | {float(row[0][0].mean()):.4f} | "
                      f"{float(row[1][0].mean()):.4f} +- {se:.4f} | {bands_} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
-def _process_of(preset: str, data: str, seed: int):
-    """The D3PM of a preset ("nn-linear": the NN preset with the linear schedule)."""
-    overrides = []
-    if preset == "nn-linear":
-        preset, overrides = "text8-nn-cpu-small", ["method.schedule=linear"]
+def _process_of(preset: str, overrides: list[str], data: str, seed: int):
+    """The D3PM of a preset with `overrides`."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,34 +190,63 @@ def _bands(per_t: list[float]) -> dict[str, float]:
 
 
 def train_and_decompose(args: argparse.Namespace) -> None:
-    """Train args.preset, evaluating the decomposed bound at each budget of CPU seconds."""
+    """Train args.preset, evaluating the decomposed bound at each budget of CPU seconds; the
+    gradient norms (before clipping) and the cross-entropy term are recorded per update."""
     from digits_diagnose import bound_terms
 
     from discrete_diffusion.methods.diffusion import as_denoiser
 
     tag = args.tag or args.preset
     trainer = trainer_for(args.preset, args.data, args.out / f"run-{tag}", args.seed, args.set)
+    norms, ce = _spy(trainer)
     x_0 = test_sequences(trainer.data, args.sequences)
+    scale = x_0.shape[1] * math.log(2)
     start = time.process_time()
     for budget in sorted(args.budgets):
         while time.process_time() - start < budget:
             trainer.train_step()
         spent, t0 = time.process_time() - start, time.process_time()
         method, model = trainer.method, trainer.eval_model.eval()
-        prior, terms = bound_terms(method.process, as_denoiser(model, method.excluded), x_0,
-                                   args.seed)
-        scale = x_0.shape[1] * math.log(2)
-        total = (prior + terms.sum(0)) / scale
         result = {"tag": tag, "preset": args.preset, "set": args.set, "budget": budget,
                   "train_cpu_s": spent, "steps": trainer.step, "sequences": len(x_0),
-                  "prior_bpc": float(prior.mean() / scale),
-                  "per_t_bpc": (terms.mean(1) / scale).tolist(), "total": float(total.mean()),
-                  "stderr": float(total.std() / math.sqrt(len(total))),
-                  "eval_cpu_s": time.process_time() - t0}
+                  "grad_norms": norms[:], "ce_bits": ce[:],
+                  "grad_clip": trainer.config.train.grad_clip}
+        if hasattr(method.process, "q_posterior_logits"):  # a D3PM: every term
+            prior, terms = bound_terms(method.process, as_denoiser(model, method.excluded), x_0,
+                                       args.seed)
+            total = (prior + terms.sum(0)) / scale
+            result.update(prior_bpc=float(prior.mean() / scale),
+                          per_t_bpc=(terms.mean(1) / scale).tolist(), total=float(total.mean()),
+                          stderr=float(total.std() / math.sqrt(len(total))))
+        else:  # continuous time: its exact discrete bound on the 1000-step grid
+            from discrete_diffusion.evaluation.bound import evaluate_bound
+
+            gen = torch.Generator().manual_seed(args.seed)
+            (entry,) = evaluate_bound(method, model, [x_0], [1000], gen, unit="char")
+            result.update(total=entry["bits_per_unit"], stderr=entry["stderr"])
+        result["eval_cpu_s"] = time.process_time() - t0
         (args.out / f"{tag}-{budget:g}.json").write_text(json.dumps(result) + "\n")
         print(f"{tag} @ {budget:g} CPU-s ({trainer.step} updates): {result['total']:.4f} +- "
               f"{result['stderr']:.4f} bits/char", flush=True)
         start += time.process_time() - t0  # evaluation is not training budget
+
+
+def _spy(trainer) -> tuple[list[float], list[float]]:
+    """Lists that fill with each update's gradient norm and mean cross-entropy term (bits per
+    position), read from what the trainer records."""
+    norms: list[float] = []
+    ce: list[float] = []
+    add = trainer.stats.add
+
+    def spy(name, values, t=None):
+        if name == "grad_norm":
+            norms.append(float(values.detach().reshape(-1)[0]))
+        elif name == "ce_bits":
+            ce.append(float(values.detach().double().mean()))
+        return add(name, values, t)
+
+    trainer.stats.add = spy
+    return norms, ce
 
 
 def table(out: Path) -> str:
@@ -220,9 +256,22 @@ def table(out: Path) -> str:
     lines = ["| run | CPU-s | updates | bits/char | stderr | " + " | ".join(keys) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(keys)]
     for r in rows:
-        parts = [r["prior_bpc"], *_bands(r["per_t_bpc"]).values()]
+        parts = [r["prior_bpc"], *_bands(r["per_t_bpc"]).values()] if "per_t_bpc" in r else []
         lines.append(f"| {r['tag']} | {r['budget']:g} | {r['steps']} | {r['total']:.4f} | "
                      f"{r['stderr']:.4f} | " + " | ".join(f"{v:.3f}" for v in parts) + " |")
+    lines += ["", "Gradient norms before clipping (median over each run's updates so far; share "
+              "above the clip) and the cross-entropy term (bits/char, mean of the last 100 "
+              "updates):", "", "| run | CPU-s | median grad norm | share clipped | CE term |",
+              "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if not r.get("grad_norms"):
+            continue
+        norms = torch.tensor(r["grad_norms"])
+        clip = r.get("grad_clip") or math.inf
+        ce = r["ce_bits"][-100:]
+        lines.append(f"| {r['tag']} | {r['budget']:g} | {float(norms.median()):.3g} | "
+                     f"{float((norms > clip).double().mean()):.2f} | "
+                     f"{sum(ce) / max(len(ce), 1):.3f} |")
     return "\n".join(lines)
 
 
@@ -232,6 +281,8 @@ def main() -> int:
     parser.add_argument("--data", help="text8-format file (or 'enwiki')")
     parser.add_argument("--graph", action="store_true", help="print the NN graph and exit")
     parser.add_argument("--oracle", action="store_true", help="oracle bounds and exit")
+    parser.add_argument("--processes", nargs="+", choices=list(ORACLE_PROCESSES),
+                        metavar="NAME", help="with --oracle: these rows only")
     parser.add_argument("--preset", help="configs/<preset>.yaml to train and decompose")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, as d3pm train --set")
@@ -253,8 +304,10 @@ def main() -> int:
                                        args.seed, [])))
     elif args.oracle:
         text = oracle_report(trainer_for("text8-nn-cpu-small", args.data, args.out / "oracle-run",
-                                         args.seed, []), args.data, args.sequences, args.seed)
-        (args.out / "oracle.md").write_text(text + "\n")
+                                         args.seed, []), args.data, args.sequences, args.seed,
+                             args.processes)
+        (args.out / "oracle-more.md" if args.processes else args.out / "oracle.md").write_text(
+            text + "\n")
         print(text)
     elif args.preset:
         train_and_decompose(args)
