@@ -128,6 +128,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
                                    args.seed))
     result["eval_cpu_s"] = time.process_time() - t0
     print(f"{preset}: {result['bits_per_dim']:.4f} +- {result['stderr']:.4f} bits/dim", flush=True)
+    (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")  # kept if stopped
     t0 = time.process_time()
     gen = torch.Generator().manual_seed(args.seed)
     samples = torch.cat([method.sample(model, len(c), generator=gen)
@@ -276,10 +277,13 @@ def plot(results: list[dict], out: Path, path: Path) -> None:
     grid = fig.add_gridspec(2, len(rows), height_ratios=[1.0, 1.1])
     for i, r in enumerate(rows):
         ax = fig.add_subplot(grid[0, i])
-        images = np.load(out / r["preset"] / "samples.npy")[:16]  # uint8 [16, 3, H, W]
-        ax.imshow(tile(images, 4, pad=1, fill=255).transpose(1, 2, 0), interpolation="nearest")
-        ax.set_title(f"{r['name']}\n{r['bits_per_dim']:.3f} bits/dim, FID {r.get('fid', 0):.0f}",
-                     fontsize=8)
+        samples = out / r["preset"] / "samples.npy"
+        if samples.is_file():
+            images = np.load(samples)[:16]  # uint8 [16, 3, H, W]
+            ax.imshow(tile(images, 4, pad=1, fill=255).transpose(1, 2, 0),
+                      interpolation="nearest")
+        fid = f"FID {r['fid']:.0f}" if "fid" in r else "no samples"
+        ax.set_title(f"{r['name']}\n{r['bits_per_dim']:.3f} bits/dim, {fid}", fontsize=8)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
     keys = ["L_T", *bands(rows[0]["per_t_bpd"])]
