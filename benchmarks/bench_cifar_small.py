@@ -52,14 +52,9 @@ BANDS = (1, 5, 15, 40, 62, 125, 188, 250)  # upper ends of the bands of t (T = 2
 
 def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed: int):
     """Train `preset` until `budget` process CPU seconds are spent, save; (trainer, seconds)."""
-    from discrete_diffusion.training.builders import build_data
-    from discrete_diffusion.training.config import config_from_dict, read_yaml
-    from discrete_diffusion.training.trainer import Trainer
+    from budgets import preset_trainer
 
-    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
-    raw["train"].update(steps=10**9, eval_every=0, sample_every=0, ckpt_every=0, seed=seed)
-    config = config_from_dict(raw)
-    trainer = Trainer(config, build_data(config, data), run_dir, progress=False)
+    trainer = preset_trainer(preset, data, run_dir, seed)
     start, last = time.process_time(), time.process_time()
     while time.process_time() - start < budget:
         trainer.train_step()
@@ -129,14 +124,14 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     result["eval_cpu_s"] = time.process_time() - t0
     print(f"{preset}: {result['bits_per_dim']:.4f} +- {result['stderr']:.4f} bits/dim", flush=True)
     (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")  # kept if stopped
-    t0 = time.process_time()
-    gen = torch.Generator().manual_seed(args.seed)
-    samples = torch.cat([method.sample(model, len(c), generator=gen)
-                         for c in torch.arange(args.fid_samples).split(64)])
-    result["sample_cpu_s"] = time.process_time() - t0
-    write_samples(source.codec(), samples[:64], folder / "samples.png")
-    np.save(folder / "samples.npy", samples.numpy().astype(np.uint8))
     if args.fid_samples:
+        t0 = time.process_time()
+        gen = torch.Generator().manual_seed(args.seed)
+        samples = torch.cat([method.sample(model, len(c), generator=gen)
+                             for c in torch.arange(args.fid_samples).split(64)])
+        result["sample_cpu_s"] = time.process_time() - t0
+        write_samples(source.codec(), samples[:64], folder / "samples.png")
+        np.save(folder / "samples.npy", samples.numpy().astype(np.uint8))
         result["fid"] = fid_of(samples, source, args)
         result["fid_samples"] = args.fid_samples
         result["fid_reference"] = args.fid_reference

@@ -45,15 +45,9 @@ VOWELS = set("aeiou")
 
 def trainer_for(preset: str, data: str, run_dir: Path, seed: int, overrides: list[str]):
     """The preset's Trainer with periodic work off (and `overrides`, as `d3pm train --set`)."""
-    from discrete_diffusion.training.builders import build_data
-    from discrete_diffusion.training.config import apply_overrides, config_from_dict, read_yaml
-    from discrete_diffusion.training.trainer import Trainer
+    from budgets import preset_trainer
 
-    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
-    raw["train"].update(steps=10**9, eval_every=0, sample_every=0, ckpt_every=0, seed=seed)
-    raw = apply_overrides(raw, overrides)
-    config = config_from_dict(raw)
-    return Trainer(config, build_data(config, data), run_dir, progress=False)
+    return preset_trainer(preset, data, run_dir, seed, overrides)
 
 
 def test_sequences(source, count: int) -> Tensor:
