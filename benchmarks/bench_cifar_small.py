@@ -2,14 +2,16 @@
 
     python benchmarks/bench_cifar_small.py OUT_DIR --data ../shared/data/cifar10-jpeg
         [--budget 1200] [--jobs 2] [--images 128] [--fid-samples 128] [--fid-reference 1000]
-        [--only NAME ...] [--seed 0]
+        [--only NAME ...] [--seed 0] [--reuse]
     python benchmarks/bench_cifar_small.py OUT_DIR --table [--plot PNG]
     python benchmarks/bench_cifar_small.py OUT_DIR --data PATH --oracle [--images 64]
 
 Each configs/cifar10-*-cpu-small.yaml preset (16x16, 256 levels, 3 channels, T = 250) is
 trained by the project's Trainer, one single-threaded process per preset, for the same budget
 of process CPU seconds (time.process_time: other load on the machine does not change what a
-model gets). The final weights are saved (OUT_DIR/<preset>/run), then, with the EMA weights:
+model gets). The final weights are saved (OUT_DIR/<preset>/run, with run/train.json: budget,
+seconds, updates; --reuse evaluates such a run again without retraining), then, with the EMA
+weights:
     * the full bound (eq. 1, all T terms, x_t drawn once per term) on --images test images drawn
       at random (seeded) from the test split, decomposed into L_T, L_0 and bands of t
       (benchmarks/digits_diagnose.py's `bound_terms`), in bits/dim with the standard error over
@@ -50,10 +52,24 @@ PRESETS = {  # table row -> preset (the paper's losses and schedules, Table 3)
 BANDS = (1, 5, 15, 40, 62, 125, 188, 250)  # upper ends of the bands of t (T = 250)
 
 
-def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed: int):
-    """Train `preset` until `budget` process CPU seconds are spent, save; (trainer, seconds)."""
+def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed: int,
+                     reuse: bool = False):
+    """Train `preset` until `budget` process CPU seconds are spent, save; (trainer, seconds).
+
+    The spent seconds and updates go to run_dir/train.json. With `reuse`, a run that holds one
+    for this budget is loaded from its last checkpoint instead of trained again."""
     from budgets import preset_trainer
 
+    record = run_dir / "train.json"
+    if reuse and record.is_file():
+        done = json.loads(record.read_text())
+        if done["budget"] != budget:
+            raise SystemExit(f"{run_dir} was trained for {done['budget']} CPU-s, not {budget}")
+        trainer = preset_trainer(preset, data, run_dir, seed, resume=True)
+        if trainer.step != done["steps"]:
+            raise SystemExit(f"{run_dir}: checkpoint at step {trainer.step}, "
+                             f"train.json says {done['steps']}")
+        return trainer, done["train_cpu_s"]
     trainer = preset_trainer(preset, data, run_dir, seed)
     start, last = time.process_time(), time.process_time()
     while time.process_time() - start < budget:
@@ -63,6 +79,8 @@ def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed:
             print(f"{preset}: {trainer.step} updates, {last - start:.0f} CPU-s", flush=True)
     spent = time.process_time() - start
     trainer.save()
+    record.write_text(json.dumps({"budget": budget, "train_cpu_s": spent,
+                                  "steps": trainer.step}) + "\n")
     return trainer, spent
 
 
@@ -114,7 +132,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     from discrete_diffusion.figures.samples import write_samples
 
     preset, folder = PRESETS[name], args.out / PRESETS[name]
-    trainer, spent = train_for_budget(preset, args.data, folder / "run", args.budget, args.seed)
+    trainer, spent = train_for_budget(preset, args.data, folder / "run", args.budget, args.seed,
+                                      args.reuse)
     model, method, source = trainer.eval_model.eval(), trainer.method, trainer.data
     t0 = time.process_time()
     result = {"name": name, "preset": preset, "data": source.description, "steps": trainer.step,
@@ -206,7 +225,7 @@ def _launch(name: str, args: argparse.Namespace) -> subprocess.Popen:
     cmd = [sys.executable, __file__, str(args.out), "--one", name, "--data", args.data,
            "--budget", str(args.budget), "--images", str(args.images),
            "--fid-samples", str(args.fid_samples), "--fid-reference", str(args.fid_reference),
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed)] + (["--reuse"] if args.reuse else [])
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -304,6 +323,8 @@ def main() -> int:
     parser.add_argument("--fid-samples", type=int, default=128, help="0: no samples, no FID")
     parser.add_argument("--fid-reference", type=int, default=1000, help="test images for FID")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate runs already trained to --budget (run/train.json)")
     parser.add_argument("--only", nargs="+", choices=list(PRESETS), metavar="NAME")
     parser.add_argument("--table", action="store_true", help="print the table of OUT and exit")
     parser.add_argument("--plot", type=Path, help="with --table: also draw grids and bands here")
