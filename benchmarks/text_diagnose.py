@@ -3,6 +3,7 @@ bound decomposed by bands of t during training.
 
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --graph
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --oracle [--sequences 16]
+    python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --path [--processes NAME ...]
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --preset text8-nn-cpu-small
         [--budgets 0 300 900] [--sequences 16] [--set method.loss=hybrid ...] [--tag NAME]
     python benchmarks/text_diagnose.py OUT_DIR --table
@@ -19,6 +20,10 @@ exact per-position posterior of a bigram Markov chain fitted to the training spl
 second says how much of the bigram chain's information a process lets a factorised reverse step
 recover: a process whose bigram-oracle bound stays near the unigram entropy is not a sensible
 process for this data, whatever the network.
+
+--path evaluates the bound along the geometric path log p~ = (1 - w) log m + w log p~_bigram
+from the marginal (w = 0, where training stalls) to the bigram oracle (w = 1): whether, and in
+which terms, the bound rewards a first step from the plateau towards using x_t.
 
 --preset trains configs/<preset>.yaml (one thread) and, each time the next budget of process
 CPU seconds is spent (0 = untrained), evaluates every term of the bound separately with the EMA
@@ -148,6 +153,51 @@ def oracle_report(trainer, data: str, sequences: int, seed: int, only: list[str]
     return "\n".join(lines)
 
 
+PATH_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def geometric_path(log_m: Tensor, oracle, weight: float):
+    """The denoiser log p~ = (1 - w) log m + w log p~_oracle (renormalised): w = 0 is the
+    marginal solution where training stalls, w = 1 the bigram oracle."""
+    def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
+        mixed = (1 - weight) * log_m + weight * oracle(x_t, t).double()
+        return mixed.log_softmax(-1).float()
+    return denoiser
+
+
+def path_report(trainer, data: str, sequences: int, seed: int, only: list[str]) -> str:
+    """The bound, by band of t, along the geometric path from the marginal to the bigram oracle:
+    how much the bound rewards a first step from the plateau towards using x_t, per process.
+    Every weight sees the same draws of x_t (same seed)."""
+    from digits_diagnose import bound_terms
+
+    source = trainer.data
+    log_pi, log_a = bigram_model(source.split("train"), source.num_classes)
+    x_0 = test_sequences(source, sequences)
+    n = x_0.shape[1] * math.log(2)
+    lines = [f"Bound (bits/char, {sequences} test sequences) of log p~ = (1 - w) log m + w log "
+             "p~_bigram, by weight w; then by band of t (" + ", ".join(_band_names()) + ")", "",
+             "| process | " + " | ".join(f"w = {w:g}" for w in PATH_WEIGHTS) + " |",
+             "|---|" + "---:|" * len(PATH_WEIGHTS)]
+    bands_lines = []
+    for name in only or ORACLE_PROCESSES:
+        process = _process_of(*ORACLE_PROCESSES[name], data, seed)
+        oracle = bigram_denoiser(process, log_pi, log_a)
+        totals = []
+        for w in PATH_WEIGHTS:
+            den = _padded(geometric_path(log_pi, oracle, w), process)
+            prior, terms = bound_terms(process, den, x_0, seed)
+            totals.append(float(((prior + terms.sum(0)) / n).mean()))
+            per_t = (terms.mean(1) / n).tolist()
+            bands_lines.append(f"| {name} | {w:g} | " + " | ".join(
+                f"{v:.4f}" for v in _bands(per_t).values()) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in totals) + " |")
+        print(lines[-1], flush=True)
+    head = "| process | w | " + " | ".join(_band_names()) + " |"
+    return "\n".join([*lines, "", head, "|---|---:|" + "---:|" * len(_band_names()),
+                      *bands_lines])
+
+
 def _process_of(preset: str, overrides: list[str], data: str, seed: int):
     """The D3PM of a preset with `overrides`."""
     import tempfile
@@ -275,8 +325,10 @@ def main() -> int:
     parser.add_argument("--data", help="text8-format file (or 'enwiki')")
     parser.add_argument("--graph", action="store_true", help="print the NN graph and exit")
     parser.add_argument("--oracle", action="store_true", help="oracle bounds and exit")
+    parser.add_argument("--path", action="store_true",
+                        help="bounds from the marginal towards the bigram oracle and exit")
     parser.add_argument("--processes", nargs="+", choices=list(ORACLE_PROCESSES),
-                        metavar="NAME", help="with --oracle: these rows only")
+                        metavar="NAME", help="with --oracle or --path: these rows only")
     parser.add_argument("--preset", help="configs/<preset>.yaml to train and decompose")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, as d3pm train --set")
@@ -302,6 +354,12 @@ def main() -> int:
                              args.processes)
         (args.out / "oracle-more.md" if args.processes else args.out / "oracle.md").write_text(
             text + "\n")
+        print(text)
+    elif args.path:
+        text = path_report(trainer_for("text8-nn-cpu-small", args.data, args.out / "path-run",
+                                       args.seed, []), args.data, args.sequences, args.seed,
+                           args.processes)
+        (args.out / "path.md").write_text(text + "\n")
         print(text)
     elif args.preset:
         train_and_decompose(args)

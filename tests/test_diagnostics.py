@@ -66,3 +66,22 @@ def test_marginal_denoiser_bound_is_the_unigram_cross_entropy():
     mean, stderr = other_bound.mean(0), other_bound.std(0) / draws**0.5
     assert ((mean + flipped[x_0].sum(1)).abs() < 4 * stderr + 1e-3).all()
     assert ((mean - expected).abs() > 6 * stderr).all()  # the check can tell them apart
+
+
+def test_geometric_path_joins_the_marginal_to_the_oracle():
+    """w = 0 is the marginal, w = 1 the oracle, and every point is a normalised distribution
+    whose log is the w-weighted mix of the two (up to the normaliser)."""
+    diagnose = _module("text_diagnose")
+    torch.manual_seed(0)
+    K = 3
+    log_m = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64).log()
+    oracle_logits = torch.randn(2, 4, K).log_softmax(-1)
+    oracle = lambda x_t, t: oracle_logits  # noqa: E731
+    x_t, t = torch.zeros(2, 4, dtype=torch.long), torch.full((2,), 2)
+    for w in (0.0, 0.3, 1.0):
+        got = diagnose.geometric_path(log_m, oracle, w)(x_t, t).double()
+        torch.testing.assert_close(got.exp().sum(-1), torch.ones(2, 4, dtype=torch.float64))
+        mix = (1 - w) * log_m + w * oracle_logits.double()
+        torch.testing.assert_close(got - got[..., :1], mix - mix[..., :1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(diagnose.geometric_path(log_m, oracle, 0.0)(x_t, t).double(),
+                               log_m.expand(2, 4, K), atol=1e-6, rtol=0)
