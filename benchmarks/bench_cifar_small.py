@@ -58,7 +58,7 @@ def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed:
 
     The spent seconds and updates go to run_dir/train.json. With `reuse`, a run that holds one
     for this budget is loaded from its last checkpoint instead of trained again."""
-    from budgets import preset_trainer
+    from budgets import preset_trainer, train_for
 
     record = run_dir / "train.json"
     if reuse and record.is_file():
@@ -71,13 +71,8 @@ def train_for_budget(preset: str, data: str, run_dir: Path, budget: float, seed:
                              f"train.json says {done['steps']}")
         return trainer, done["train_cpu_s"]
     trainer = preset_trainer(preset, data, run_dir, seed)
-    start, last = time.process_time(), time.process_time()
-    while time.process_time() - start < budget:
-        trainer.train_step()
-        if time.process_time() - last > 60:  # a line a CPU-minute: the run is alive
-            last = time.process_time()
-            print(f"{preset}: {trainer.step} updates, {last - start:.0f} CPU-s", flush=True)
-    spent = time.process_time() - start
+    spent = train_for(trainer, budget, lambda updates, seconds: print(  # the run is alive
+        f"{preset}: {updates} updates, {seconds:.0f} CPU-s", flush=True))
     trainer.save()
     record.write_text(json.dumps({"budget": budget, "train_cpu_s": spent,
                                   "steps": trainer.step}) + "\n")
@@ -232,25 +227,12 @@ def _launch(name: str, args: argparse.Namespace) -> subprocess.Popen:
 
 def run_all(args: argparse.Namespace) -> list[dict]:
     """The presets `args.jobs` at a time, each in its own single-threaded process."""
+    from budgets import run_parallel
+
     if args.fid_samples:
         reference(args)
-    pending, running, results = list(args.only or PRESETS), {}, []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            running[name] = _launch(name, args)
-        for name, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            path = args.out / PRESETS[name] / "result.json"
-            if proc.returncode or not path.is_file():
-                print(f"{name}: failed (see {args.out / PRESETS[name]}.log)", file=sys.stderr)
-                continue
-            results.append(json.loads(path.read_text()))
-            print(f"done: {name}", file=sys.stderr, flush=True)
-        time.sleep(5)
-    return results
+    return run_parallel(args.only or PRESETS, lambda name: _launch(name, args),
+                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs)
 
 
 def table(results: list[dict]) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # budgets.py
 PRESETS = {  # table row -> preset
     "uniform L_vb": "digits-uniform-cpu-small",
     "absorbing L_vb": "digits-absorbing-cpu-small",
@@ -40,19 +41,11 @@ PRESETS = {  # table row -> preset
 
 
 def train_for_budget(preset: str, run_dir: Path, budget: float, seed: int):
-    """Train `preset` until `budget` process CPU seconds are spent; returns the Trainer."""
-    from discrete_diffusion.training.builders import build_data
-    from discrete_diffusion.training.config import config_from_dict, read_yaml
-    from discrete_diffusion.training.trainer import Trainer
+    """Train `preset` until `budget` process CPU seconds are spent; (Trainer, seconds)."""
+    from budgets import preset_trainer, train_for
 
-    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
-    raw["train"].update(steps=10**9, eval_every=0, sample_every=0, ckpt_every=0, seed=seed)
-    config = config_from_dict(raw)
-    trainer = Trainer(config, build_data(config, "digits"), run_dir, progress=False)
-    start = time.process_time()
-    while time.process_time() - start < budget:
-        trainer.train_step()
-    return trainer, time.process_time() - start
+    trainer = preset_trainer(preset, "digits", run_dir, seed)
+    return trainer, train_for(trainer, budget)
 
 
 def run_one(name: str, out: Path, budget: float, fid_samples: int, seed: int,
@@ -127,24 +120,12 @@ def _launch(name: str, args: argparse.Namespace) -> subprocess.Popen:
 
 def run_all(args: argparse.Namespace) -> list[dict]:
     """Run the presets `args.jobs` at a time, each in its own single-threaded process."""
+    from budgets import run_parallel
+
     if not args.no_fid:  # the reference statistics once, before the workers race for them
         run_reference(args.out)
-    pending, running, results = list(args.only or PRESETS), {}, []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            running[name] = _launch(name, args)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[name]
-                path = args.out / PRESETS[name] / "result.json"
-                if proc.returncode or not path.is_file():
-                    print(f"{name}: failed (see {args.out / PRESETS[name]}.log)", file=sys.stderr)
-                    continue
-                results.append(json.loads(path.read_text()))
-                print(f"done: {name}", file=sys.stderr)
-        time.sleep(2)
-    return results
+    return run_parallel(args.only or PRESETS, lambda name: _launch(name, args),
+                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs, poll=2)
 
 
 def run_reference(out: Path) -> None:

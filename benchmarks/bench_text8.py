@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from discrete_diffusion.evaluation.bound import evaluate_bound
-from discrete_diffusion.training.builders import build_data
-from discrete_diffusion.training.config import load_config
 from discrete_diffusion.training.trainer import Trainer
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budgets import preset_trainer, train_for  # noqa: E402
+
 PRESETS = {
     "D3PM absorbing (L_lambda=0.01)": "text8-absorbing-cpu-small",
     "D3PM uniform (L_vb)": "text8-uniform-cpu-small",
@@ -43,17 +43,12 @@ STEPS = (1000, 256, 20)
 
 def train_for_budget(preset: str, data_path: str, budget: float, run_dir: Path,
                      seed: int, overrides: list[str]) -> tuple[Trainer, int, float]:
-    """Train `preset` until `budget` CPU seconds; returns the trainer, updates and seconds."""
-    config = load_config(CONFIGS / f"{preset}.yaml",
-                         [f"data.path={data_path}", f"train.seed={seed}", "train.device=cpu",
-                          "train.steps=1000000000", "train.eval_every=0",
-                          "train.ckpt_every=0", "train.sample_every=0", *overrides])
-    data = build_data(config, data_path)  # preparation is cached: not charged to training
-    trainer = Trainer(config, data, run_dir, progress=False)
-    start = time.process_time()
-    while time.process_time() - start < budget:
-        trainer.train_step()
-    return trainer, trainer.step, time.process_time() - start
+    """Train `preset` until `budget` CPU seconds; returns the trainer, updates and seconds.
+    The data are prepared (and cached) before the clock starts: not charged to training."""
+    trainer = preset_trainer(preset, data_path, run_dir, seed,
+                             [f"data.path={data_path}", "train.device=cpu", *overrides])
+    spent = train_for(trainer, budget)
+    return trainer, trainer.step, spent
 
 
 def cpu_sample_time(method, model, steps: int | None, runs: int, seed: int) -> tuple[float, float]:

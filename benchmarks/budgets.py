@@ -1,11 +1,18 @@
-"""What the CPU-budget benchmarks share: a preset's Trainer with its periodic work switched off.
+"""What the CPU-budget benchmarks share: a preset's Trainer with its periodic work switched off,
+training for a budget of process CPU seconds, and running one process per preset in parallel.
 
 Benchmarks train by calling `Trainer.train_step` until a budget of process CPU seconds is spent,
-so the run itself must not evaluate, sample or checkpoint on its own schedule.
+so the run itself must not evaluate, sample or checkpoint on its own schedule. Process CPU time
+(time.process_time) is what a model gets, whatever else the machine runs.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +32,38 @@ def preset_trainer(preset: str, data, run_dir: Path, seed: int, overrides=(),
     config = config_from_dict(apply_overrides(raw, list(overrides)))
     source = build_data(config, data) if data is None or isinstance(data, str) else data
     return Trainer(config, source, run_dir, resume=resume, progress=False)
+
+
+def train_for(trainer, budget: float, report: Callable[[int, float], None] | None = None) -> float:
+    """Update `trainer` until `budget` process CPU seconds are spent; the seconds spent (the
+    last update may overrun the budget). `report(updates, seconds)` about once a CPU-minute."""
+    start = last = time.process_time()
+    while time.process_time() - start < budget:
+        trainer.train_step()
+        if report is not None and time.process_time() - last > 60:
+            last = time.process_time()
+            report(trainer.step, last - start)
+    return time.process_time() - start
+
+
+def run_parallel(names: Iterable[str], launch: Callable[[str], subprocess.Popen],
+                 result_path: Callable[[str], Path], jobs: int, poll: float = 5.0) -> list[dict]:
+    """Start `launch(name)` for each name, `jobs` at a time; the JSON at `result_path(name)` of
+    every process that exited 0 and wrote it (the others are reported on stderr)."""
+    pending, running, results = list(names), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            running[name] = launch(name)
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            path = result_path(name)
+            if proc.returncode or not path.is_file():
+                print(f"{name}: failed (exit {proc.returncode}, see its log)", file=sys.stderr)
+                continue
+            results.append(json.loads(path.read_text()))
+            print(f"done: {name}", file=sys.stderr, flush=True)
+        time.sleep(poll)
+    return results

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # budgets.py
 DIMS = 64  # 1 x 8 x 8 pixels per digit
 # Upper ends of the bands of t in the tables, for T = 250: the Gaussian's linear schedule
 # destroys most of a pixel's information by t = 62, so its small t get finer bands.
@@ -76,13 +77,9 @@ def build_source(data: str):
 
 def build_trainer(preset: str, run_dir: Path, seed: int, data: str):
     """The preset's Trainer on `data` (see build_source), with periodic work switched off."""
-    from discrete_diffusion.training.config import config_from_dict, read_yaml
-    from discrete_diffusion.training.trainer import Trainer
+    from budgets import preset_trainer
 
-    raw = read_yaml(ROOT / "configs" / f"{preset}.yaml")
-    raw["train"].update(steps=10**9, eval_every=0, sample_every=0, ckpt_every=0, seed=seed)
-    config = config_from_dict(raw)
-    return Trainer(config, build_source(data), run_dir, progress=False)
+    return preset_trainer(preset, build_source(data), run_dir, seed)
 
 
 def _kl(log_q: Tensor, log_p: Tensor) -> Tensor:
