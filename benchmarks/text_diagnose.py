@@ -4,6 +4,7 @@ bound decomposed by bands of t during training.
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --graph
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --oracle [--sequences 16]
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --path [--processes NAME ...]
+    python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --posterior [--processes NAME ...]
     python benchmarks/text_diagnose.py OUT_DIR --data TEXT8_FILE --preset text8-nn-cpu-small
         [--budgets 0 300 900] [--sequences 16] [--set method.loss=hybrid ...] [--tag NAME]
     python benchmarks/text_diagnose.py OUT_DIR --table
@@ -24,6 +25,10 @@ process for this data, whatever the network.
 --path evaluates the bound along the geometric path log p~ = (1 - w) log m + w log p~_bigram
 from the marginal (w = 0, where training stalls) to the bigram oracle (w = 1): whether, and in
 which terms, the bound rewards a first step from the plateau towards using x_t.
+
+--posterior compares the bound with the bigram cavity marginal (the bound's optimum p~) and
+with the full posterior p(x_0^i | x_t) (the optimum of the cross-entropy term): eq. 4 multiplies
+p~ by q(x_t | x_{t-1}) itself, so a p~ that already holds the evidence of x_t^i counts it twice.
 
 --preset trains configs/<preset>.yaml (one thread) and, each time the next budget of process
 CPU seconds is spent (0 = untrained), evaluates every term of the bound separately with the EMA
@@ -108,6 +113,19 @@ def bigram_denoiser(process, log_pi: Tensor, log_a: Tensor):
             bwd[:, i] = torch.logsumexp(log_a + (log_e[:, i + 1] + bwd[:, i + 1])[:, None], -1)
         cavity = fwd + bwd
         return (cavity - cavity.logsumexp(-1, keepdim=True)).float()
+    return denoiser
+
+
+def posterior_denoiser(process, log_pi: Tensor, log_a: Tensor):
+    """The bigram chain's full per-position posterior p(x_0^i | x_t), own x_t^i included: the
+    optimum of the cross-entropy term, where the bound's optimum is the cavity marginal
+    (`bigram_denoiser`), since eq. 4 multiplies p~ by q(x_t | x_{t-1}) itself."""
+    cavity = bigram_denoiser(process, log_pi, log_a)
+
+    def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
+        qbar = process.cumulative_matrix(int(t[0])).double()
+        log_e = qbar.t()[x_t][..., :len(log_pi)].clamp_min(1e-300).log()
+        return (cavity(x_t, t).double() + log_e).log_softmax(-1).float()
     return denoiser
 
 
@@ -196,6 +214,30 @@ def path_report(trainer, data: str, sequences: int, seed: int, only: list[str]) 
     head = "| process | w | " + " | ".join(_band_names()) + " |"
     return "\n".join([*lines, "", head, "|---|---:|" + "---:|" * len(_band_names()),
                       *bands_lines])
+
+
+def posterior_report(data: str, source, sequences: int, seed: int, only: list[str]) -> str:
+    """Bounds with the bigram cavity (the bound's optimum) against the full posterior (the
+    cross-entropy's optimum, own-position evidence counted twice by eq. 4)."""
+    from digits_diagnose import bound_terms
+
+    log_pi, log_a = bigram_model(source.split("train"), source.num_classes)
+    x_0 = test_sequences(source, sequences)
+    n = x_0.shape[1] * math.log(2)
+    lines = [f"Bound (bits/char, {sequences} test sequences) with p~ = the bigram cavity marginal "
+             "and with p~ = the full posterior", "",
+             "| process | cavity (bound's optimum) | posterior (CE's optimum) |", "|---|---:|---:|"]
+    for name in only or ORACLE_PROCESSES:
+        process = _process_of(*ORACLE_PROCESSES[name], data, seed)
+        row = []
+        for make in (bigram_denoiser, posterior_denoiser):
+            prior, terms = bound_terms(process, _padded(make(process, log_pi, log_a), process),
+                                       x_0, seed)
+            total = (prior + terms.sum(0)) / n
+            row.append(f"{float(total.mean()):.4f} +- {float(total.std()) / len(total)**0.5:.4f}")
+        lines.append(f"| {name} | {row[0]} | {row[1]} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def _process_of(preset: str, overrides: list[str], data: str, seed: int):
@@ -327,8 +369,10 @@ def main() -> int:
     parser.add_argument("--oracle", action="store_true", help="oracle bounds and exit")
     parser.add_argument("--path", action="store_true",
                         help="bounds from the marginal towards the bigram oracle and exit")
+    parser.add_argument("--posterior", action="store_true",
+                        help="bounds of the bigram cavity against the full posterior and exit")
     parser.add_argument("--processes", nargs="+", choices=list(ORACLE_PROCESSES),
-                        metavar="NAME", help="with --oracle or --path: these rows only")
+                        metavar="NAME", help="with --oracle, --path, --posterior: these rows")
     parser.add_argument("--preset", help="configs/<preset>.yaml to train and decompose")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, as d3pm train --set")
@@ -360,6 +404,13 @@ def main() -> int:
                                        args.seed, []), args.data, args.sequences, args.seed,
                            args.processes)
         (args.out / "path.md").write_text(text + "\n")
+        print(text)
+    elif args.posterior:
+        trainer = trainer_for("text8-nn-cpu-small", args.data, args.out / "posterior-run",
+                              args.seed, [])
+        text = posterior_report(args.data, trainer.data, args.sequences, args.seed,
+                                args.processes)
+        (args.out / "posterior.md").write_text(text + "\n")
         print(text)
     elif args.preset:
         train_and_decompose(args)

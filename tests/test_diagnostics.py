@@ -85,3 +85,26 @@ def test_geometric_path_joins_the_marginal_to_the_oracle():
         torch.testing.assert_close(got - got[..., :1], mix - mix[..., :1], atol=1e-5, rtol=0)
     torch.testing.assert_close(diagnose.geometric_path(log_m, oracle, 0.0)(x_t, t).double(),
                                log_m.expand(2, 4, K), atol=1e-6, rtol=0)
+
+
+def test_posterior_oracle_is_the_exact_posterior():
+    """The full posterior p(x_0^i | x_t) of the bigram chain, own x_t^i included, against
+    enumeration (the cavity above, times q(x_t^i | x_0^i), renormalised)."""
+    diagnose = _module("text_diagnose")
+    torch.manual_seed(1)
+    K, L, t = 3, 3, 2
+    log_pi = torch.randn(K, dtype=torch.float64).log_softmax(0)
+    log_a = torch.randn(K, K, dtype=torch.float64).log_softmax(1)
+    process = dd.D3PM(dd.transitions.Uniform(K), dd.schedules.cosine(4))
+    x_t = torch.randint(0, K, (1, L))
+    got = diagnose.posterior_denoiser(process, log_pi, log_a)(x_t, torch.full((1,), t))
+    q_t = torch.stack([process.q_probs(torch.full((1,), k), t)[0] for k in range(K)]).double()
+    joint = torch.zeros(L, K, dtype=torch.float64)
+    for x_0 in itertools.product(range(K), repeat=L):
+        p = log_pi[x_0[0]].exp() * torch.prod(torch.stack(
+            [log_a[x_0[i - 1], x_0[i]].exp() for i in range(1, L)]))
+        p = p * torch.prod(torch.stack([q_t[x_0[i], x_t[0, i]] for i in range(L)]))
+        for i in range(L):
+            joint[i, x_0[i]] += p
+    expected = (joint / joint.sum(-1, keepdim=True)).log()
+    torch.testing.assert_close(got[0].double(), expected, atol=1e-5, rtol=0)
