@@ -232,7 +232,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     if args.fid_samples:
         reference(args)
     return run_parallel(args.only or PRESETS, lambda name: _launch(name, args),
-                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs)
+                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs,
+                        log_path=lambda name: args.out / f"{PRESETS[name]}.log")
 
 
 def table(results: list[dict]) -> str:

@@ -125,7 +125,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     if not args.no_fid:  # the reference statistics once, before the workers race for them
         run_reference(args.out)
     return run_parallel(args.only or PRESETS, lambda name: _launch(name, args),
-                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs, poll=2)
+                        lambda name: args.out / PRESETS[name] / "result.json", args.jobs, poll=2,
+                        log_path=lambda name: args.out / f"{PRESETS[name]}.log")
 
 
 def run_reference(out: Path) -> None:

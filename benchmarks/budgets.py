@@ -47,9 +47,11 @@ def train_for(trainer, budget: float, report: Callable[[int, float], None] | Non
 
 
 def run_parallel(names: Iterable[str], launch: Callable[[str], subprocess.Popen],
-                 result_path: Callable[[str], Path], jobs: int, poll: float = 5.0) -> list[dict]:
+                 result_path: Callable[[str], Path], jobs: int, poll: float = 5.0,
+                 log_path: Callable[[str], Path] | None = None) -> list[dict]:
     """Start `launch(name)` for each name, `jobs` at a time; the JSON at `result_path(name)` of
-    every process that exited 0 and wrote it (the others are reported on stderr)."""
+    every process that exited 0 and wrote it (the others are reported on stderr, with
+    `log_path(name)` when given)."""
     pending, running, results = list(names), {}, []
     while pending or running:
         while pending and len(running) < jobs:
@@ -61,7 +63,8 @@ def run_parallel(names: Iterable[str], launch: Callable[[str], subprocess.Popen]
             del running[name]
             path = result_path(name)
             if proc.returncode or not path.is_file():
-                print(f"{name}: failed (exit {proc.returncode}, see its log)", file=sys.stderr)
+                where = f", see {log_path(name)}" if log_path else ""
+                print(f"{name}: failed (exit {proc.returncode}{where})", file=sys.stderr)
                 continue
             results.append(json.loads(path.read_text()))
             print(f"done: {name}", file=sys.stderr, flush=True)

@@ -48,3 +48,24 @@ def test_reuse_loads_the_trained_run_and_refuses_another_budget(tmp_path, monkey
         assert (value == first[name]).all(), name
     with pytest.raises(SystemExit, match="trained for 0.001 CPU-s, not 5"):
         bench.train_for_budget("cifar10-uniform-cpu-small", data, run, 5.0, 0, reuse=True)
+
+
+def test_run_parallel_keeps_the_results_of_the_runs_that_succeeded(tmp_path, capsys):
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from budgets import run_parallel
+
+    (tmp_path / "ok.json").write_text(json.dumps({"bits": 1.5}))
+    (tmp_path / "bad.json").write_text(json.dumps({"bits": 9.9}))  # written, but it failed
+    codes = {"ok": 0, "bad": 3, "silent": 0}  # "silent" exits 0 without a result
+
+    def launch(name):
+        return subprocess.Popen([sys.executable, "-c", f"raise SystemExit({codes[name]})"])
+
+    results = run_parallel(codes, launch, lambda n: tmp_path / f"{n}.json", jobs=2, poll=0.05,
+                           log_path=lambda n: tmp_path / f"{n}.log")
+    assert results == [{"bits": 1.5}]
+    err = capsys.readouterr().err
+    assert f"bad: failed (exit 3, see {tmp_path / 'bad.log'})" in err
+    assert "silent: failed (exit 0" in err
