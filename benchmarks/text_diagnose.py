@@ -64,9 +64,9 @@ def test_sequences(source, count: int) -> Tensor:
     return torch.cat(list(source.eval_batches("test", count, max_examples=count)))
 
 
-def graph_report(trainer) -> str:
+def graph_report(process) -> str:
     """The neighbour lists, with the vowel/consonant agreement and the spectral gap."""
-    transition = trainer.method.process.transition
+    transition = process.transition
     chars = "abcdefghijklmnopqrstuvwxyz "[: transition.num_classes]
     nbrs = transition.neighbors.tolist()
     lines, same, pairs = [], 0, 0
@@ -95,13 +95,19 @@ def bigram_model(ids, num_classes: int) -> tuple[Tensor, Tensor]:
     return (uni / uni.sum()).log(), (counts / counts.sum(1, keepdim=True)).log()
 
 
+def log_evidence(process, x_t: Tensor, t: Tensor, num_classes: int) -> Tensor:
+    """log q(x_t^i | x_0^i = k) for the data classes k < num_classes ([MASK], if added, is
+    never an x_0), float64 [B, L, K]; one t per call."""
+    qbar = process.cumulative_matrix(int(t[0])).double()
+    return qbar.t()[x_t][..., :num_classes].clamp_min(1e-300).log()
+
+
 def bigram_denoiser(process, log_pi: Tensor, log_a: Tensor):
     """p~(x_0^i | x_t) = posterior / q(x_t^i | x_0^i) under the bigram chain (a 'cavity'
     marginal: forward messages into i times backward messages into i, in log space)."""
     def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
-        qbar = process.cumulative_matrix(int(t[0])).double()  # one t per call
-        K = len(log_pi)  # data classes ([MASK], if added, is never an x_0)
-        log_e = qbar.t()[x_t][..., :K].clamp_min(1e-300).log()  # [B, L, K]: q(x_t^i | x_0^i = k)
+        K = len(log_pi)
+        log_e = log_evidence(process, x_t, t, K)
         B, L = x_t.shape
         fwd = torch.empty(B, L, K, dtype=torch.float64)
         bwd = torch.empty(B, L, K, dtype=torch.float64)
@@ -123,8 +129,7 @@ def posterior_denoiser(process, log_pi: Tensor, log_a: Tensor):
     cavity = bigram_denoiser(process, log_pi, log_a)
 
     def denoiser(x_t: Tensor, t: Tensor) -> Tensor:
-        qbar = process.cumulative_matrix(int(t[0])).double()
-        log_e = qbar.t()[x_t][..., :len(log_pi)].clamp_min(1e-300).log()
+        log_e = log_evidence(process, x_t, t, len(log_pi))
         return (cavity(x_t, t).double() + log_e).log_softmax(-1).float()
     return denoiser
 
@@ -140,11 +145,8 @@ ORACLE_PROCESSES = {
 }
 
 
-def oracle_report(trainer, data: str, sequences: int, seed: int, only: list[str]) -> str:
+def oracle_report(source, data: str, sequences: int, seed: int, only: list[str]) -> str:
     """Bounds of the marginal and bigram-oracle denoisers under the presets' processes."""
-    from digits_diagnose import bound_terms
-
-    source = trainer.data
     log_pi, log_a = bigram_model(source.split("train"), source.num_classes)
     x_0 = test_sequences(source, sequences)
     n = x_0.numel() * math.log(2)
@@ -157,16 +159,12 @@ def oracle_report(trainer, data: str, sequences: int, seed: int, only: list[str]
     marginal = log_pi.float()
     for name in only or ORACLE_PROCESSES:
         process = _process_of(*ORACLE_PROCESSES[name], data, seed)
-        row = []
-        for den in (lambda x_t, t: marginal.expand(*x_t.shape, -1),
-                    bigram_denoiser(process, log_pi, log_a)):
-            prior, terms = bound_terms(process, _padded(den, process), x_0, seed)
-            total = (prior + terms.sum(0)) / (x_0.shape[1] * math.log(2))
-            row.append((total, terms.mean(1) / (x_0.shape[1] * math.log(2))))
-        se = float(row[1][0].std() / math.sqrt(len(row[1][0])))
-        bands_ = ", ".join(f"{v:.3f}" for v in _bands(row[1][1].tolist()).values())
-        lines.append(f"| {name} | {float(row[0][0].mean()):.4f} | "
-                     f"{float(row[1][0].mean()):.4f} +- {se:.4f} | {bands_} |")
+        row = [bound_bits(process, den, x_0, seed)
+               for den in (lambda x_t, t: marginal.expand(*x_t.shape, -1),
+                           bigram_denoiser(process, log_pi, log_a))]
+        bands_ = ", ".join(f"{v:.3f}" for v in _bands(row[1]["per_t"]).values())
+        lines.append(f"| {name} | {row[0]['total']:.4f} | "
+                     f"{row[1]['total']:.4f} +- {row[1]['stderr']:.4f} | {bands_} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -183,16 +181,12 @@ def geometric_path(log_m: Tensor, oracle, weight: float):
     return denoiser
 
 
-def path_report(trainer, data: str, sequences: int, seed: int, only: list[str]) -> str:
+def path_report(source, data: str, sequences: int, seed: int, only: list[str]) -> str:
     """The bound, by band of t, along the geometric path from the marginal to the bigram oracle:
     how much the bound rewards a first step from the plateau towards using x_t, per process.
     Every weight sees the same draws of x_t (same seed)."""
-    from digits_diagnose import bound_terms
-
-    source = trainer.data
     log_pi, log_a = bigram_model(source.split("train"), source.num_classes)
     x_0 = test_sequences(source, sequences)
-    n = x_0.shape[1] * math.log(2)
     lines = [f"Bound (bits/char, {sequences} test sequences) of log p~ = (1 - w) log m + w log "
              "p~_bigram, by weight w; then by band of t (" + ", ".join(_band_names()) + ")", "",
              "| process | " + " | ".join(f"w = {w:g}" for w in PATH_WEIGHTS) + " |",
@@ -203,12 +197,10 @@ def path_report(trainer, data: str, sequences: int, seed: int, only: list[str]) 
         oracle = bigram_denoiser(process, log_pi, log_a)
         totals = []
         for w in PATH_WEIGHTS:
-            den = _padded(geometric_path(log_pi, oracle, w), process)
-            prior, terms = bound_terms(process, den, x_0, seed)
-            totals.append(float(((prior + terms.sum(0)) / n).mean()))
-            per_t = (terms.mean(1) / n).tolist()
+            bound = bound_bits(process, geometric_path(log_pi, oracle, w), x_0, seed)
+            totals.append(bound["total"])
             bands_lines.append(f"| {name} | {w:g} | " + " | ".join(
-                f"{v:.4f}" for v in _bands(per_t).values()) + " |")
+                f"{v:.4f}" for v in _bands(bound["per_t"]).values()) + " |")
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in totals) + " |")
         print(lines[-1], flush=True)
     head = "| process | w | " + " | ".join(_band_names()) + " |"
@@ -216,14 +208,11 @@ def path_report(trainer, data: str, sequences: int, seed: int, only: list[str]) 
                       *bands_lines])
 
 
-def posterior_report(data: str, source, sequences: int, seed: int, only: list[str]) -> str:
+def posterior_report(source, data: str, sequences: int, seed: int, only: list[str]) -> str:
     """Bounds with the bigram cavity (the bound's optimum) against the full posterior (the
     cross-entropy's optimum, own-position evidence counted twice by eq. 4)."""
-    from digits_diagnose import bound_terms
-
     log_pi, log_a = bigram_model(source.split("train"), source.num_classes)
     x_0 = test_sequences(source, sequences)
-    n = x_0.shape[1] * math.log(2)
     lines = [f"Bound (bits/char, {sequences} test sequences) with p~ = the bigram cavity marginal "
              "and with p~ = the full posterior", "",
              "| process | cavity (bound's optimum) | posterior (CE's optimum) |", "|---|---:|---:|"]
@@ -231,13 +220,32 @@ def posterior_report(data: str, source, sequences: int, seed: int, only: list[st
         process = _process_of(*ORACLE_PROCESSES[name], data, seed)
         row = []
         for make in (bigram_denoiser, posterior_denoiser):
-            prior, terms = bound_terms(process, _padded(make(process, log_pi, log_a), process),
-                                       x_0, seed)
-            total = (prior + terms.sum(0)) / n
-            row.append(f"{float(total.mean()):.4f} +- {float(total.std()) / len(total)**0.5:.4f}")
+            bound = bound_bits(process, make(process, log_pi, log_a), x_0, seed)
+            row.append(f"{bound['total']:.4f} +- {bound['stderr']:.4f}")
         lines.append(f"| {name} | {row[0]} | {row[1]} |")
         print(lines[-1], flush=True)
     return "\n".join(lines)
+
+
+def bound_bits(process, denoiser, x_0: Tensor, seed: int) -> dict:
+    """The full bound (every term, `digits_diagnose.bound_terms`) of a data-vocabulary
+    denoiser in bits/char: mean total, its standard error over sequences, L_T and the mean
+    term per t (row t - 1 holds L_{t-1})."""
+    from digits_diagnose import bound_terms
+
+    prior, terms = bound_terms(process, _padded(denoiser, process), x_0, seed)
+    scale = x_0.shape[1] * math.log(2)
+    total = (prior + terms.sum(0)) / scale
+    return {"total": float(total.mean()), "stderr": float(total.std() / math.sqrt(len(total))),
+            "prior": float(prior.mean() / scale), "per_t": (terms.mean(1) / scale).tolist()}
+
+
+def data_source(data: str):
+    """The text data of the --data argument, as the cpu-small presets build it."""
+    from discrete_diffusion.training.builders import build_data
+    from discrete_diffusion.training.config import load_config
+
+    return build_data(load_config(ROOT / "configs" / "text8-nn-cpu-small.yaml"), data)
 
 
 def _process_of(preset: str, overrides: list[str], data: str, seed: int):
@@ -278,15 +286,12 @@ def _bands(per_t: list[float]) -> dict[str, float]:
 def train_and_decompose(args: argparse.Namespace) -> None:
     """Train args.preset, evaluating the decomposed bound at each budget of CPU seconds; the
     gradient norms (before clipping) and the cross-entropy term are recorded per update."""
-    from digits_diagnose import bound_terms
-
     from discrete_diffusion.methods.diffusion import as_denoiser
 
     tag = args.tag or args.preset
     trainer = trainer_for(args.preset, args.data, args.out / f"run-{tag}", args.seed, args.set)
     norms, ce = _spy(trainer)
     x_0 = test_sequences(trainer.data, args.sequences)
-    scale = x_0.shape[1] * math.log(2)
     start = time.process_time()
     for budget in sorted(args.budgets):
         while time.process_time() - start < budget:
@@ -298,12 +303,10 @@ def train_and_decompose(args: argparse.Namespace) -> None:
                   "grad_norms": norms[:], "ce_bits": ce[:],
                   "grad_clip": trainer.config.train.grad_clip}
         if hasattr(method.process, "q_posterior_logits"):  # a D3PM: every term
-            prior, terms = bound_terms(method.process, as_denoiser(model, method.excluded), x_0,
-                                       args.seed)
-            total = (prior + terms.sum(0)) / scale
-            result.update(prior_bpc=float(prior.mean() / scale),
-                          per_t_bpc=(terms.mean(1) / scale).tolist(), total=float(total.mean()),
-                          stderr=float(total.std() / math.sqrt(len(total))))
+            bound = bound_bits(method.process, as_denoiser(model, method.excluded), x_0,
+                               args.seed)
+            result.update(prior_bpc=bound["prior"], per_t_bpc=bound["per_t"],
+                          total=bound["total"], stderr=bound["stderr"])
         else:  # continuous time: its exact discrete bound on the 1000-step grid
             from discrete_diffusion.evaluation.bound import evaluate_bound
 
@@ -390,27 +393,14 @@ def main() -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.graph:
-        print(graph_report(trainer_for("text8-nn-cpu-small", args.data, args.out / "graph-run",
-                                       args.seed, [])))
-    elif args.oracle:
-        text = oracle_report(trainer_for("text8-nn-cpu-small", args.data, args.out / "oracle-run",
-                                         args.seed, []), args.data, args.sequences, args.seed,
-                             args.processes)
-        (args.out / "oracle-more.md" if args.processes else args.out / "oracle.md").write_text(
-            text + "\n")
-        print(text)
-    elif args.path:
-        text = path_report(trainer_for("text8-nn-cpu-small", args.data, args.out / "path-run",
-                                       args.seed, []), args.data, args.sequences, args.seed,
-                           args.processes)
-        (args.out / "path.md").write_text(text + "\n")
-        print(text)
-    elif args.posterior:
-        trainer = trainer_for("text8-nn-cpu-small", args.data, args.out / "posterior-run",
-                              args.seed, [])
-        text = posterior_report(args.data, trainer.data, args.sequences, args.seed,
-                                args.processes)
-        (args.out / "posterior.md").write_text(text + "\n")
+        print(graph_report(_process_of("text8-nn-cpu-small", [], args.data, args.seed)))
+    elif args.oracle or args.path or args.posterior:
+        report, name = ((oracle_report, "oracle-more" if args.processes else "oracle")
+                        if args.oracle else (path_report, "path") if args.path
+                        else (posterior_report, "posterior"))
+        text = report(data_source(args.data), args.data, args.sequences, args.seed,
+                      args.processes)
+        (args.out / f"{name}.md").write_text(text + "\n")
         print(text)
     elif args.preset:
         train_and_decompose(args)
