@@ -19,6 +19,19 @@ def _module(name: str):
     return module
 
 
+def _joint_by_enumeration(log_pi, log_a, q_t, x_t_row):
+    """p(x_0^i = k, x_t) [L, K] for one sequence x_t [L], summing the chain over every x_0."""
+    K, L = len(log_pi), len(x_t_row)
+    joint = torch.zeros(L, K, dtype=torch.float64)
+    for x_0 in itertools.product(range(K), repeat=L):
+        p = log_pi[x_0[0]].exp() * torch.prod(torch.stack(
+            [log_a[x_0[i - 1], x_0[i]].exp() for i in range(1, L)]))
+        p = p * torch.prod(torch.stack([q_t[x_0[i], x_t_row[i]] for i in range(L)]))
+        for i in range(L):
+            joint[i, x_0[i]] += p
+    return joint
+
+
 def test_bigram_oracle_is_the_exact_cavity_marginal():
     diagnose = _module("text_diagnose")
     torch.manual_seed(0)
@@ -30,13 +43,7 @@ def test_bigram_oracle_is_the_exact_cavity_marginal():
     got = diagnose.bigram_denoiser(process, log_pi, log_a)(x_t, torch.full((2,), t))
     q_t = torch.stack([process.q_probs(torch.full((1,), k), t)[0] for k in range(K)]).double()
     for b in range(2):
-        joint = torch.zeros(L, K, dtype=torch.float64)  # p(x_0^i = k, x_t), by enumeration
-        for x_0 in itertools.product(range(K), repeat=L):
-            p = log_pi[x_0[0]].exp() * torch.prod(torch.stack(
-                [log_a[x_0[i - 1], x_0[i]].exp() for i in range(1, L)]))
-            p = p * torch.prod(torch.stack([q_t[x_0[i], x_t[b, i]] for i in range(L)]))
-            for i in range(L):
-                joint[i, x_0[i]] += p
+        joint = _joint_by_enumeration(log_pi, log_a, q_t, x_t[b])
         cavity = joint / q_t[:, x_t[b]].t()  # divide out the position's own likelihood
         expected = (cavity / cavity.sum(-1, keepdim=True)).log()
         torch.testing.assert_close(got[b].double().log_softmax(-1), expected, atol=1e-5, rtol=0)
@@ -99,12 +106,6 @@ def test_posterior_oracle_is_the_exact_posterior():
     x_t = torch.randint(0, K, (1, L))
     got = diagnose.posterior_denoiser(process, log_pi, log_a)(x_t, torch.full((1,), t))
     q_t = torch.stack([process.q_probs(torch.full((1,), k), t)[0] for k in range(K)]).double()
-    joint = torch.zeros(L, K, dtype=torch.float64)
-    for x_0 in itertools.product(range(K), repeat=L):
-        p = log_pi[x_0[0]].exp() * torch.prod(torch.stack(
-            [log_a[x_0[i - 1], x_0[i]].exp() for i in range(1, L)]))
-        p = p * torch.prod(torch.stack([q_t[x_0[i], x_t[0, i]] for i in range(L)]))
-        for i in range(L):
-            joint[i, x_0[i]] += p
+    joint = _joint_by_enumeration(log_pi, log_a, q_t, x_t[0])
     expected = (joint / joint.sum(-1, keepdim=True)).log()
     torch.testing.assert_close(got[0].double(), expected, atol=1e-5, rtol=0)
